@@ -1,0 +1,403 @@
+/**
+ * The backup's codec: deframe → verify → decompress → un-XOR → stage →
+ * apply.
+ *
+ * An epoch is staged in full beside the committed images (references resolve
+ * against the committed state, so op order does not matter), its digests are
+ * checked, and only then is it applied. Any failure rejects the whole epoch
+ * with a {@linkcode DecodeError} that says what was wrong, and leaves every
+ * image exactly as it was.
+ * @module
+ */
+
+import { type BlockHasher, createBlockHasher } from "./hash/block_hash.ts";
+import { type CommitBody, decodeFrame, type Frame, FrameError, FrameType, type PatchBody } from "./frame.ts";
+import { ImageState, PAGE_SIZE } from "./image_state.ts";
+import type { Level } from "./level.ts";
+import { BlockOpKind, ByteWriter, OpKind, RefKind } from "./patch.ts";
+import { ByteReader } from "./_varint.ts";
+import { applyXorZeroRun } from "./zero_run.ts";
+import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { DigestAccumulator, type ImageDigest } from "./digest.ts";
+import { U32List } from "./_u32_list.ts";
+import type { ImageSpec } from "./encoder.ts";
+
+const WORDS = PAGE_SIZE / 4;
+
+/** An epoch was rejected; nothing of it was applied. */
+export class DecodeError extends Error {
+  override name = "DecodeError";
+}
+
+/** Options of {@linkcode EpochDecoder}. */
+export interface DecoderOptions {
+  /** Block size; must match the encoder's (checked on every commit). Default 64. */
+  blockSize?: number;
+  hasher?: BlockHasher;
+  zstd?: Zstd;
+}
+
+/** What applying one epoch did. */
+export interface AppliedEpoch {
+  epoch: number;
+  level: Level;
+  /** Pages written. */
+  pages: number;
+  /** Frame bytes received for the epoch. */
+  wireBytes: number;
+  /** Digest of each image after the epoch, by id. */
+  digests: Record<string, ImageDigest>;
+  /** Decode (verify, decompress, stage, check digests) and apply times. */
+  decodeMs: number;
+  applyMs: number;
+}
+
+/**
+ * Receives framed epochs and applies them atomically to its images.
+ *
+ * @example
+ * ```ts
+ * const decoder = new EpochDecoder([{ id: "vm1", size: 1 << 20 }]);
+ * for (const frame of frames) {
+ *   const applied = decoder.receive(frame); // non-null once the epoch's COMMIT arrives
+ * }
+ * decoder.images[0].committed; // equals the primary's image at that epoch
+ * ```
+ */
+export class EpochDecoder {
+  readonly hasher: BlockHasher;
+  readonly images: ImageState[];
+  readonly zstd: Zstd;
+  #epoch = 0;
+  #pending: Frame[] = [];
+  #pendingBytes = 0;
+  #staging = new ByteWriter(1 << 20);
+  #stagedSlot = new U32List();
+  #stagedPage = new U32List();
+  #lzPrefix = new ByteWriter(1 << 16);
+  #lzPages = new U32List();
+  #stagingWords: Uint32Array = new Uint32Array(0);
+  #zeroRef = new Uint8Array(PAGE_SIZE);
+  #ownsZstd: boolean;
+
+  constructor(specs: ImageSpec[], options: DecoderOptions = {}) {
+    this.hasher = options.hasher ?? createBlockHasher({ blockSize: options.blockSize ?? 64 });
+    this.#ownsZstd = !options.zstd;
+    this.zstd = options.zstd ?? createZstd();
+    this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
+  }
+
+  /** The last epoch applied (0: the all-zero start). */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /**
+   * Takes one frame. PATCH frames are held until their epoch's COMMIT frame
+   * arrives; then the epoch is verified and applied and its figures returned.
+   * Throws {@linkcode DecodeError} (the pending epoch is dropped, images are untouched).
+   */
+  receive(bytes: Uint8Array): AppliedEpoch | null {
+    let frame: Frame;
+    try {
+      frame = decodeFrame(bytes);
+    } catch (e) {
+      this.#drop();
+      if (e instanceof FrameError) throw new DecodeError(`epoch ${this.#epoch + 1} rejected: ${e.message}`);
+      throw e;
+    }
+    this.#pendingBytes += bytes.length;
+    if (frame.epoch !== this.#epoch + 1) {
+      this.#drop();
+      throw new DecodeError(
+        `frame for epoch ${frame.epoch} rejected: this receiver has committed epoch ${this.#epoch}, expected epoch ${
+          this.#epoch + 1
+        }`,
+      );
+    }
+    if (frame.type === FrameType.PATCH) {
+      this.#pending.push(frame);
+      return null;
+    }
+    try {
+      return this.#applyEpoch(frame.epoch, frame.level, frame.body);
+    } finally {
+      this.#drop();
+    }
+  }
+
+  /** Applies all frames of one epoch; throws if they do not end with its COMMIT. */
+  applyEpoch(frames: Uint8Array[]): AppliedEpoch {
+    let result: AppliedEpoch | null = null;
+    for (const f of frames) result = this.receive(f);
+    if (!result) {
+      this.#drop();
+      throw new DecodeError(`epoch ${this.#epoch + 1} incomplete: no COMMIT frame among ${frames.length} frames`);
+    }
+    return result;
+  }
+
+  #drop(): void {
+    this.#pending = [];
+    this.#pendingBytes = 0;
+  }
+
+  #applyEpoch(epoch: number, level: Level, commit: CommitBody): AppliedEpoch {
+    const t0 = performance.now();
+    const fail = (msg: string): never => {
+      throw new DecodeError(`epoch ${epoch} rejected: ${msg}`);
+    };
+    if (commit.base !== this.#epoch) fail(`it applies on top of epoch ${commit.base}, this receiver has ${this.#epoch}`);
+    if (commit.pageSize !== PAGE_SIZE) fail(`page size ${commit.pageSize}, expected ${PAGE_SIZE}`);
+    if (commit.blockSize !== this.hasher.blockSize) {
+      fail(`block size ${commit.blockSize}, expected ${this.hasher.blockSize}`);
+    }
+    if (commit.images.length !== this.images.length) {
+      fail(`commit lists ${commit.images.length} images, expected ${this.images.length}`);
+    }
+    commit.images.forEach((ci, s) => {
+      const image = this.images[s];
+      if (ci.id !== image.id || ci.size !== image.size) {
+        fail(`image ${s} is "${ci.id}" of ${ci.size} bytes, expected "${image.id}" of ${image.size} bytes`);
+      }
+    });
+    // Order chunks and check that each image's are all there, once.
+    const chunks: PatchBody[][] = this.images.map(() => []);
+    for (const f of this.#pending) {
+      const body = f.body as PatchBody;
+      if (body.base !== this.#epoch) fail(`patch chunk based on epoch ${body.base}, expected ${this.#epoch}`);
+      if (body.slot >= this.images.length) fail(`patch for image slot ${body.slot}, only ${this.images.length} images`);
+      if (f.imageId !== this.images[body.slot].id) {
+        fail(`patch frame names image "${f.imageId}", slot ${body.slot} is "${this.images[body.slot].id}"`);
+      }
+      if (chunks[body.slot][body.chunk]) fail(`chunk ${body.chunk} of image "${f.imageId}" received twice`);
+      chunks[body.slot][body.chunk] = body;
+    }
+    commit.images.forEach((ci, s) => {
+      for (let c = 0; c < ci.chunks; c++) {
+        if (!chunks[s][c]) fail(`chunk ${c} of ${ci.chunks} for image "${ci.id}" is missing`);
+      }
+      if (chunks[s].length !== ci.chunks) {
+        fail(`image "${ci.id}" has ${chunks[s].length} chunks, commit says ${ci.chunks}`);
+      }
+    });
+
+    // Stage every page.
+    this.#staging.reset();
+    this.#stagedSlot.clear();
+    this.#stagedPage.clear();
+    for (let s = 0; s < this.images.length; s++) {
+      let lastPage = -1;
+      for (const body of chunks[s]) lastPage = this.#stageChunk(s, body, lastPage, fail);
+    }
+
+    // Verify digests on the staged result before touching anything.
+    const digests = this.images.map((i) => {
+      const d = new DigestAccumulator();
+      d.lo = i.digest.lo;
+      d.hi = i.digest.hi;
+      return d;
+    });
+    const staged = this.#staging.bytes;
+    const newHashesAll = new Uint32Array(this.#stagedPage.length * 2 * (PAGE_SIZE / this.hasher.blockSize));
+    const hpp = 2 * (PAGE_SIZE / this.hasher.blockSize);
+    for (let i = 0; i < this.#stagedPage.length; i++) {
+      const s = this.#stagedSlot.data[i];
+      const page = this.#stagedPage.data[i];
+      const image = this.images[s];
+      const len = image.pageLength(page);
+      const fresh = newHashesAll.subarray(i * hpp, (i + 1) * hpp);
+      this.hasher.hashAll(staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len), fresh);
+      const first = page * image.blocksPerPage;
+      const end = Math.min(first + image.blocksPerPage, image.blocks);
+      const d = digests[s];
+      for (let b = first; b < end; b++) {
+        const k = 2 * (b - first);
+        d.remove(b, image.hashes[2 * b], image.hashes[2 * b + 1]);
+        d.add(b, fresh[k], fresh[k + 1]);
+      }
+    }
+    commit.images.forEach((ci, s) => {
+      const d = digests[s];
+      if ((d.lo >>> 0) !== ci.digestLo || (d.hi >>> 0) !== ci.digestHi) {
+        fail(
+          `digest mismatch for image "${ci.id}": staged contents hash to ${hex(d.hi, d.lo)}, the primary's is ${
+            hex(ci.digestHi, ci.digestLo)
+          }`,
+        );
+      }
+    });
+    const t1 = performance.now();
+
+    // Apply: nothing below can fail.
+    for (let i = 0; i < this.#stagedPage.length; i++) {
+      const s = this.#stagedSlot.data[i];
+      const page = this.#stagedPage.data[i];
+      const image = this.images[s];
+      const len = image.pageLength(page);
+      image.committed.set(staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len), page * PAGE_SIZE);
+      const first = page * image.blocksPerPage;
+      const n = Math.min(image.blocksPerPage, image.blocks - first);
+      image.hashes.set(newHashesAll.subarray(i * hpp, i * hpp + 2 * n), 2 * first);
+    }
+    const result: AppliedEpoch = {
+      epoch,
+      level,
+      pages: this.#stagedPage.length,
+      wireBytes: this.#pendingBytes,
+      digests: {},
+      decodeMs: t1 - t0,
+      applyMs: 0,
+    };
+    this.images.forEach((image, s) => {
+      image.digest.lo = digests[s].lo;
+      image.digest.hi = digests[s].hi;
+      result.digests[image.id] = image.digestValue();
+    });
+    this.#epoch = epoch;
+    result.applyMs = performance.now() - t1;
+    return result;
+  }
+
+  /** Reference page bytes: committed page of an image, or zeros. */
+  #refPage(slot: number, page: number, fail: (m: string) => never): Uint8Array {
+    if (slot >= this.images.length) fail(`reference to image slot ${slot}, only ${this.images.length} images`);
+    const image = this.images[slot];
+    if (page >= image.pages) fail(`reference to page ${page} of image "${image.id}", it has ${image.pages} pages`);
+    return image.committed.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+  }
+
+  #readRef(reader: ByteReader, slot: number, page: number, fail: (m: string) => never): Uint8Array {
+    const rk = reader.u8("reference kind");
+    if (rk === RefKind.SAME) return this.#refPage(slot, page, fail);
+    if (rk === RefKind.OTHER) {
+      const s2 = reader.uvarint("reference image slot");
+      return this.#refPage(s2, reader.uvarint("reference page"), fail);
+    }
+    if (rk === RefKind.ZERO) return this.#zeroRef;
+    return fail(`unknown reference kind ${rk} at byte ${reader.pos - 1}, expected 0, 1 or 2`);
+  }
+
+  #stageChunk(slot: number, body: PatchBody, lastPage: number, fail: (m: string) => never): number {
+    const image = this.images[slot];
+    let ops: Uint8Array;
+    if (body.opsCodec === 1) {
+      try {
+        ops = this.zstd.decompress(body.ops, body.opsSize);
+      } catch (e) {
+        fail(`op stream of image "${image.id}" chunk ${body.chunk} does not decompress: ${(e as Error).message}`);
+      }
+    } else {
+      ops = body.ops;
+      if (ops.length !== body.opsSize) fail(`raw op stream is ${ops.length} bytes, expected ${body.opsSize}`);
+    }
+    const reader = new ByteReader(ops!);
+    const staging = this.#staging;
+    this.#lzPrefix.reset();
+    this.#lzPages.clear();
+    let page = lastPage;
+    let count = 0;
+    const bs = this.hasher.blockSize;
+    const bpp = image.blocksPerPage;
+    const maskBytes = bpp >>> 3;
+    try {
+      while (reader.pos < reader.end) {
+        const kind = reader.u8("op kind");
+        page = page + 1 + reader.uvarint("page delta");
+        if (page >= image.pages) fail(`op for page ${page} of image "${image.id}", it has ${image.pages} pages`);
+        count++;
+        staging.ensure(PAGE_SIZE);
+        const at = staging.pos;
+        const dst = staging.bytes;
+        if (this.#stagingWords.buffer !== dst.buffer) this.#stagingWords = new Uint32Array(dst.buffer);
+        const dstWords = this.#stagingWords;
+        const atWord = at >>> 2;
+        this.#stagedSlot.push(slot);
+        this.#stagedPage.push(page);
+        staging.pos += PAGE_SIZE;
+        switch (kind) {
+          case OpKind.ZERO:
+            dst.fill(0, at, at + PAGE_SIZE);
+            break;
+          case OpKind.COPY:
+            dst.set(this.#readRef(reader, slot, page, fail), at);
+            break;
+          case OpKind.XOR: {
+            dst.set(this.#readRef(reader, slot, page, fail), at);
+            const len = reader.uvarint("xor length");
+            const end = reader.pos + len;
+            if (end > reader.end) fail(`xor data of page ${page} runs past the op stream`);
+            applyXorZeroRun(reader, end, dstWords, atWord, WORDS);
+            break;
+          }
+          case OpKind.BLOCKS: {
+            dst.set(this.#refPage(slot, page, fail), at);
+            const mask = reader.take(maskBytes, "block mask");
+            for (let k = 0; k < bpp; k++) {
+              if (((mask[k >>> 3] >>> (k & 7)) & 1) === 0) continue;
+              if (page * bpp + k >= image.blocks) fail(`block mask of page ${page} names block ${k} past the image end`);
+              const bk = reader.u8("block op");
+              if (bk === BlockOpKind.XOR) {
+                const len = reader.uvarint("block xor length");
+                const end = reader.pos + len;
+                if (end > reader.end) fail(`block xor data of page ${page} runs past the op stream`);
+                applyXorZeroRun(reader, end, dstWords, atWord + k * (bs >>> 2), bs >>> 2);
+              } else if (bk === BlockOpKind.SHARED) {
+                const s2 = reader.uvarint("shared block slot");
+                const b2 = reader.uvarint("shared block");
+                if (s2 >= this.images.length) fail(`shared block from image slot ${s2}, only ${this.images.length}`);
+                const other = this.images[s2];
+                if (b2 >= other.blocks) fail(`shared block ${b2} of image "${other.id}", it has ${other.blocks} blocks`);
+                dst.set(other.committed.subarray(b2 * bs, b2 * bs + bs), at + k * bs);
+              } else {
+                fail(`unknown block op ${bk} in page ${page}, expected 0 or 1`);
+              }
+            }
+            break;
+          }
+          case OpKind.LITERAL: {
+            const len = image.pageLength(page);
+            dst.set(reader.take(len, "literal page"), at);
+            if (len < PAGE_SIZE) dst.fill(0, at + len, at + PAGE_SIZE);
+            break;
+          }
+          case OpKind.LZ:
+            this.#lzPrefix.append(this.#readRef(reader, slot, page, fail));
+            this.#lzPages.push(at);
+            break;
+          default:
+            fail(`unknown op kind ${kind} at byte ${reader.pos - 1} of image "${image.id}", expected 0-5`);
+        }
+      }
+    } catch (e) {
+      if (e instanceof DecodeError) throw e;
+      fail(`image "${image.id}" chunk ${body.chunk}: ${(e as Error).message}`);
+    }
+    if (count !== body.pages) fail(`image "${image.id}" chunk ${body.chunk} has ${count} ops, frame says ${body.pages}`);
+    const lzPages = this.#lzPages.length;
+    if (lzPages > 0 || body.lz) {
+      if (!body.lz || body.lzSize !== lzPages * PAGE_SIZE) {
+        fail(`chunk ${body.chunk} has ${lzPages} LZ pages but an LZ section of ${body.lzSize ?? 0} bytes`);
+      }
+      let pages: Uint8Array;
+      try {
+        pages = this.zstd.decompress(body.lz!, body.lzSize!, this.#lzPrefix.view());
+      } catch (e) {
+        fail(`LZ section of image "${image.id}" chunk ${body.chunk} does not decompress: ${(e as Error).message}`);
+      }
+      for (let i = 0; i < lzPages; i++) {
+        this.#staging.bytes.set(pages!.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), this.#lzPages.data[i]);
+      }
+    }
+    return page;
+  }
+
+  /** Releases native resources the decoder created. */
+  close(): void {
+    if (this.#ownsZstd) this.zstd.close();
+  }
+}
+
+function hex(hi: number, lo: number): string {
+  return (hi >>> 0).toString(16).padStart(8, "0") + (lo >>> 0).toString(16).padStart(8, "0");
+}

@@ -1,0 +1,431 @@
+/**
+ * The primary's codec: hash → match → XOR → compress → frame, one epoch at a
+ * time, over one or more images with sharing across them.
+ *
+ * The encoder keeps a model of what the receiver has committed (contents,
+ * block hashes, digests, content index) and advances it after every epoch:
+ * it assumes the receiver applies every epoch it produces, in order.
+ * @module
+ */
+
+import { type BlockHasher, createBlockHasher, hashBlockInto } from "./hash/block_hash.ts";
+import { ContentIndex } from "./content_index.ts";
+import { type CommitImage, encodeFrame, FrameType } from "./frame.ts";
+import { ImageState, PAGE_SIZE } from "./image_state.ts";
+import { type Level, levelParams } from "./level.ts";
+import { PageEncoder } from "./page_encoder.ts";
+import { ByteWriter, OP_NAMES, OpKind, RefKind } from "./patch.ts";
+import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { U32List } from "./_u32_list.ts";
+
+/** An image the encoder replicates. */
+export interface ImageSpec {
+  /** Stable id (the backup stores it as `ID.img`). */
+  id: string;
+  /** Size in bytes. */
+  size: number;
+}
+
+/** Options of {@linkcode EpochEncoder}. */
+export interface EncoderOptions {
+  /** Operating point; default "fast". */
+  level?: Level;
+  /** Block size for hashing; default 64. */
+  blockSize?: number;
+  /** Block hasher to use (default: the WebAssembly one). */
+  hasher?: BlockHasher;
+  /** zstd instance (default: created, FFI where available). */
+  zstd?: Zstd;
+  /** Content index sampling (power of two); default 2. */
+  indexSampling?: number;
+  /** Test hook: weakens content-index keys to force hash collisions. */
+  indexKeyMask?: number;
+  /** Uncompressed op bytes per PATCH frame before a new chunk starts; default 4 MiB. */
+  chunkBytes?: number;
+}
+
+/** Figures for one encoded epoch. */
+export interface EpochStats {
+  epoch: number;
+  imageBytes: number;
+  dirtyPages: number;
+  dirtyBlocks: number;
+  sharedBlocks: number;
+  /** Pages per op kind. */
+  ops: Record<string, number>;
+  /** Pages per reference kind (same address, other page, zero page). */
+  refs: { same: number; other: number; zero: number };
+  /** Op stream + LZ section bytes before compression. */
+  rawBytes: number;
+  /** Every byte of every frame. */
+  wireBytes: number;
+  frames: number;
+  /** Dirty-detection scan, page matching and encoding, compression and framing, and the commit of the model. */
+  scanMs: number;
+  matchMs: number;
+  compressMs: number;
+  commitMs: number;
+  totalMs: number;
+}
+
+/** The frames of one epoch (PATCH frames then one COMMIT frame) and its figures. */
+export interface EncodedEpoch {
+  epoch: number;
+  frames: Uint8Array[];
+  stats: EpochStats;
+}
+
+interface SlotWork {
+  dirty: Uint32Array;
+  dirtyPages: U32List;
+  chunks: number;
+}
+
+/**
+ * Encodes checkpoints of a fixed set of images into framed patches.
+ *
+ * @example
+ * ```ts
+ * const encoder = new EpochEncoder([{ id: "vm1", size: 1 << 20 }], { level: "fast" });
+ * const image = new Uint8Array(1 << 20);
+ * image[5000] = 1;
+ * const { frames, stats } = encoder.encode([image]);
+ * // send frames; stats.wireBytes is what crossed the wire
+ * ```
+ */
+export class EpochEncoder {
+  readonly level: Level;
+  readonly hasher: BlockHasher;
+  readonly images: ImageState[];
+  readonly index: ContentIndex;
+  readonly zstd: Zstd;
+  readonly chunkBytes: number;
+  #epoch = 0;
+  #pages: PageEncoder;
+  #work: SlotWork[];
+  #ops = new ByteWriter(1 << 20);
+  #lz = new ByteWriter(1 << 16);
+  #lzPrefix = new ByteWriter(1 << 16);
+  #padded = new Uint8Array(PAGE_SIZE);
+  #paddedWords = new Uint32Array(this.#padded.buffer);
+  #oldHashes: Uint32Array;
+  #zeroHash: { lo: number; hi: number };
+  #ownsZstd: boolean;
+
+  constructor(specs: ImageSpec[], options: EncoderOptions = {}) {
+    if (specs.length === 0) throw new RangeError("the encoder needs at least one image");
+    const ids = new Set<string>();
+    for (const s of specs) {
+      if (ids.has(s.id)) throw new RangeError(`duplicate image id "${s.id}"`);
+      ids.add(s.id);
+    }
+    this.level = options.level ?? "fast";
+    this.hasher = options.hasher ?? createBlockHasher({ blockSize: options.blockSize ?? 64 });
+    this.#ownsZstd = !options.zstd;
+    this.zstd = options.zstd ?? createZstd();
+    this.chunkBytes = options.chunkBytes ?? 4 << 20;
+    this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
+    const zh = new Uint32Array(2);
+    hashBlockInto(new Uint8Array(this.hasher.blockSize), 0, this.hasher.blockSize, zh, 0);
+    this.#zeroHash = { lo: zh[0], hi: zh[1] };
+    this.index = new ContentIndex(
+      this.images.map((i) => ({ committed: i.committed, hashes: i.hashes, blocks: i.blocks })),
+      this.hasher.blockSize,
+      this.#zeroHash,
+      { sampling: options.indexSampling, keyMask: options.indexKeyMask },
+    );
+    this.index.rebuild();
+    const params = levelParams(this.level);
+    this.#pages = new PageEncoder(
+      this.images,
+      this.index,
+      params,
+      params.lzThreshold === Infinity ? null : this.zstd,
+      this.#zeroHash,
+    );
+    this.#work = this.images.map((i) => ({
+      dirty: new Uint32Array(Math.ceil(i.blocks / 32)),
+      dirtyPages: new U32List(),
+      chunks: 0,
+    }));
+    this.#oldHashes = new Uint32Array(2 * (PAGE_SIZE / this.hasher.blockSize));
+  }
+
+  /** The last epoch encoded (0 before the first: every image starts all zero). */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /** Bytes of memory the encoder's model holds (committed copies, hashes, index). */
+  get modelBytes(): number {
+    let n = this.index.byteLength;
+    for (const i of this.images) n += i.committed.byteLength + i.hashes.byteLength;
+    for (const w of this.#work) n += w.dirty.byteLength;
+    return n;
+  }
+
+  /**
+   * Encodes the next epoch from the images' current contents (one per image,
+   * in the order given to the constructor, each exactly its size).
+   */
+  encode(current: Uint8Array[]): EncodedEpoch {
+    const t0 = performance.now();
+    if (current.length !== this.images.length) {
+      throw new RangeError(`expected ${this.images.length} images, got ${current.length}`);
+    }
+    for (let s = 0; s < current.length; s++) {
+      if (current[s].length !== this.images[s].size) {
+        throw new RangeError(
+          `image "${this.images[s].id}" is ${current[s].length} bytes, expected ${this.images[s].size}`,
+        );
+      }
+    }
+    const epoch = this.#epoch + 1;
+    const params = levelParams(this.level);
+    const stats: EpochStats = {
+      epoch,
+      imageBytes: 0,
+      dirtyPages: 0,
+      dirtyBlocks: 0,
+      sharedBlocks: 0,
+      ops: Object.fromEntries(OP_NAMES.map((n) => [n, 0])),
+      refs: { same: 0, other: 0, zero: 0 },
+      rawBytes: 0,
+      wireBytes: 0,
+      frames: 0,
+      scanMs: 0,
+      matchMs: 0,
+      compressMs: 0,
+      commitMs: 0,
+      totalMs: 0,
+    };
+
+    // hash: the dirty-detection scan (updates the model's hashes to the new contents).
+    for (let s = 0; s < current.length; s++) {
+      const w = this.#work[s];
+      w.dirty.fill(0);
+      w.dirtyPages.clear();
+      w.chunks = 0;
+      stats.dirtyBlocks += this.hasher.scanDirty(current[s], this.images[s].hashes, w.dirty);
+      stats.imageBytes += this.images[s].size;
+    }
+    const t1 = performance.now();
+    stats.scanMs = t1 - t0;
+
+    // match + XOR per dirty page, compress + frame per chunk.
+    const frames: Uint8Array[] = [];
+    for (let s = 0; s < current.length; s++) {
+      this.#encodeImage(s, current[s], epoch, params.zstdLevel, params.lzLevel, frames, stats);
+    }
+
+    // Commit the model: what the receiver will hold once it applies this epoch.
+    const t2 = performance.now();
+    const commitImages: CommitImage[] = [];
+    for (let s = 0; s < current.length; s++) {
+      this.#commitImage(s, current[s]);
+      const image = this.images[s];
+      const d = image.digestValue();
+      commitImages.push({
+        id: image.id,
+        size: image.size,
+        chunks: this.#work[s].chunks,
+        digestLo: d.lo,
+        digestHi: d.hi,
+      });
+    }
+    if (this.index.needsRebuild) this.index.rebuild();
+    frames.push(
+      encodeFrame(FrameType.COMMIT, this.level, epoch, "", {
+        base: epoch - 1,
+        pageSize: PAGE_SIZE,
+        blockSize: this.hasher.blockSize,
+        images: commitImages,
+      }),
+    );
+    const t3 = performance.now();
+    stats.commitMs = t3 - t2;
+    for (const f of frames) stats.wireBytes += f.length;
+    stats.frames = frames.length;
+    stats.totalMs = t3 - t0;
+    this.#epoch = epoch;
+    return { epoch, frames, stats };
+  }
+
+  #encodeImage(
+    slot: number,
+    cur: Uint8Array,
+    epoch: number,
+    zstdLevel: number,
+    lzLevel: number,
+    frames: Uint8Array[],
+    stats: EpochStats,
+  ): void {
+    const image = this.images[slot];
+    const work = this.#work[slot];
+    const dirty = work.dirty;
+    const bpp = image.blocksPerPage;
+    const aligned = (cur.byteOffset & 3) === 0;
+    const curWords = aligned ? new Uint32Array(cur.buffer, cur.byteOffset, cur.length >>> 2) : null;
+    const ops = this.#ops;
+    ops.reset();
+    this.#lz.reset();
+    this.#lzPrefix.reset();
+    let pagesInChunk = 0;
+    let prevPage = -1;
+    let lastPage = -1;
+    let tMatch = performance.now();
+    for (let w = 0; w < dirty.length; w++) {
+      let bits = dirty[w];
+      while (bits !== 0) {
+        const bit = 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        const page = (((w << 5) + bit) / bpp) | 0;
+        if (page === lastPage) continue;
+        lastPage = page;
+        const off = page * PAGE_SIZE;
+        let pageBytes: Uint8Array, pageWords: Uint32Array, pageOff: number;
+        if (curWords && off + PAGE_SIZE <= cur.length) {
+          pageBytes = cur;
+          pageWords = curWords;
+          pageOff = off;
+        } else {
+          // Short last page or unaligned source: work on a zero-padded aligned copy.
+          this.#padded.fill(0);
+          this.#padded.set(cur.subarray(off, Math.min(off + PAGE_SIZE, cur.length)));
+          pageBytes = this.#padded;
+          pageWords = this.#paddedWords;
+          pageOff = 0;
+        }
+        const choice = this.#pages.encode(slot, page, pageBytes, pageWords, pageOff, dirty, page - prevPage - 1, ops);
+        prevPage = page;
+        pagesInChunk++;
+        stats.dirtyPages++;
+        stats.ops[OP_NAMES[choice.kind]]++;
+        stats.sharedBlocks += choice.sharedBlocks;
+        if (choice.refKind === RefKind.SAME) stats.refs.same++;
+        else if (choice.refKind === RefKind.OTHER) stats.refs.other++;
+        else if (choice.refKind === RefKind.ZERO) stats.refs.zero++;
+        if (choice.kind === OpKind.LZ) {
+          this.#lz.append(pageBytes.subarray(pageOff, pageOff + PAGE_SIZE));
+          if (choice.refKind === RefKind.ZERO) {
+            this.#lzPrefix.ensure(PAGE_SIZE);
+            this.#lzPrefix.bytes.fill(0, this.#lzPrefix.pos, this.#lzPrefix.pos + PAGE_SIZE);
+            this.#lzPrefix.pos += PAGE_SIZE;
+          } else {
+            const ref = this.images[choice.refSlot].committed;
+            this.#lzPrefix.append(ref.subarray(choice.refPage * PAGE_SIZE, (choice.refPage + 1) * PAGE_SIZE));
+          }
+        }
+        work.dirtyPages.push(page);
+        if (ops.pos >= this.chunkBytes || this.#lz.pos >= this.chunkBytes) {
+          const t = performance.now();
+          stats.matchMs += t - tMatch;
+          this.#flushChunk(slot, epoch, pagesInChunk, zstdLevel, lzLevel, frames, stats);
+          tMatch = performance.now();
+          stats.compressMs += tMatch - t;
+          pagesInChunk = 0;
+          prevPage = -1;
+        }
+      }
+    }
+    const t = performance.now();
+    stats.matchMs += t - tMatch;
+    if (pagesInChunk > 0) this.#flushChunk(slot, epoch, pagesInChunk, zstdLevel, lzLevel, frames, stats);
+    stats.compressMs += performance.now() - t;
+  }
+
+  #flushChunk(
+    slot: number,
+    epoch: number,
+    pages: number,
+    zstdLevel: number,
+    lzLevel: number,
+    frames: Uint8Array[],
+    stats: EpochStats,
+  ): void {
+    const raw = this.#ops.view();
+    stats.rawBytes += raw.length + this.#lz.pos;
+    let ops = this.zstd.compress(raw, { level: zstdLevel, checksum: false });
+    let opsCodec = 1;
+    if (ops.length >= raw.length) {
+      ops = raw.slice();
+      opsCodec = 0;
+    }
+    const work = this.#work[slot];
+    const body = {
+      base: epoch - 1,
+      slot,
+      chunk: work.chunks,
+      pages,
+      ops,
+      opsSize: raw.length,
+      opsCodec,
+    } as {
+      base: number;
+      slot: number;
+      chunk: number;
+      pages: number;
+      ops: Uint8Array;
+      opsSize: number;
+      opsCodec: number;
+      lz?: Uint8Array;
+      lzSize?: number;
+    };
+    if (this.#lz.pos > 0) {
+      const prefix = this.#lzPrefix.view();
+      body.lz = this.zstd.compress(this.#lz.view(), {
+        level: lzLevel,
+        prefix,
+        checksum: false,
+        windowLog: windowLogFor(prefix.length + this.#lz.pos),
+      });
+      body.lzSize = this.#lz.pos;
+    }
+    frames.push(encodeFrame(FrameType.PATCH, this.level, epoch, this.images[slot].id, body));
+    work.chunks++;
+    this.#ops.reset();
+    this.#lz.reset();
+    this.#lzPrefix.reset();
+  }
+
+  /** Applies the epoch to the model: digests, committed bytes, content index. */
+  #commitImage(slot: number, cur: Uint8Array): void {
+    const image = this.images[slot];
+    const work = this.#work[slot];
+    const bpp = image.blocksPerPage;
+    const pages = work.dirtyPages.data;
+    const old = this.#oldHashes;
+    const hashes = image.hashes;
+    const dirty = work.dirty;
+    for (let i = 0; i < work.dirtyPages.length; i++) {
+      const page = pages[i];
+      const off = page * PAGE_SIZE;
+      const len = image.pageLength(page);
+      this.hasher.hashAll(image.committed.subarray(off, off + len), old);
+      const first = page * bpp;
+      const end = Math.min(first + bpp, image.blocks);
+      for (let b = first; b < end; b++) {
+        if (((dirty[b >>> 5] >>> (b & 31)) & 1) === 0) continue;
+        const k = 2 * (b - first);
+        image.digest.remove(b, old[k], old[k + 1]);
+        image.digest.add(b, hashes[2 * b], hashes[2 * b + 1]);
+      }
+      image.committed.set(cur.subarray(off, off + len), off);
+      for (let b = first; b < end; b++) {
+        if ((dirty[b >>> 5] >>> (b & 31)) & 1) this.index.insert(slot, b, hashes[2 * b], hashes[2 * b + 1]);
+      }
+    }
+  }
+
+  /** Releases native resources the encoder created. */
+  close(): void {
+    if (this.#ownsZstd) this.zstd.close();
+  }
+}
+
+/** A zstd window large enough to reach from the end of `bytes` back to its start. */
+export function windowLogFor(bytes: number): number {
+  let log = 10;
+  while ((1 << log) < bytes && log < 30) log++;
+  return log;
+}

@@ -1,0 +1,76 @@
+/**
+ * The committed state of one image as either end keeps it: contents, block
+ * hashes and digest. Both the encoder (as its model of what the receiver
+ * holds) and the decoder (as the real thing) use it.
+ * @module
+ */
+
+import type { BlockHasher } from "./hash/block_hash.ts";
+import { DigestAccumulator, type ImageDigest } from "./digest.ts";
+
+/** Page size of every image: the unit patches are made of. */
+export const PAGE_SIZE = 4096;
+
+/** Committed contents, hashes and digest of one image. */
+export class ImageState {
+  /** Number of pages (the last may be short). */
+  readonly pages: number;
+  /** Number of blocks (the last may be short). */
+  readonly blocks: number;
+  /** Blocks per page. */
+  readonly blocksPerPage: number;
+  /** Committed bytes, padded with zeros to a whole number of pages. */
+  readonly committed: Uint8Array;
+  /** 32-bit word view of `committed`. */
+  readonly words: Uint32Array;
+  /** Block hashes, 2 u32 per block. */
+  readonly hashes: Uint32Array;
+  /** Digest of the committed contents. */
+  readonly digest: DigestAccumulator = new DigestAccumulator();
+
+  /**
+   * A new image of `size` bytes, all zero (the state every replication starts
+   * from), or with `initial` contents.
+   */
+  constructor(
+    readonly id: string,
+    readonly size: number,
+    readonly hasher: BlockHasher,
+    initial?: Uint8Array,
+  ) {
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new RangeError(`image "${id}": size must be a non-negative integer, got ${size}`);
+    }
+    if (!/^[A-Za-z0-9._-]{1,128}$/.test(id) || id === "." || id === "..") {
+      throw new RangeError(`image id "${id}" must be 1-128 characters of A-Z a-z 0-9 . _ -`);
+    }
+    const blockSize = hasher.blockSize;
+    if (PAGE_SIZE % blockSize !== 0) {
+      throw new RangeError(`block size ${blockSize} must divide the page size ${PAGE_SIZE}`);
+    }
+    this.pages = Math.ceil(size / PAGE_SIZE);
+    this.blocks = hasher.blockCount(size);
+    this.blocksPerPage = PAGE_SIZE / blockSize;
+    this.committed = new Uint8Array(this.pages * PAGE_SIZE);
+    this.words = new Uint32Array(this.committed.buffer);
+    this.hashes = new Uint32Array(2 * this.blocks);
+    if (initial) {
+      if (initial.length !== size) {
+        throw new RangeError(`image "${id}": initial contents are ${initial.length} bytes, expected ${size}`);
+      }
+      this.committed.set(initial);
+    }
+    hasher.hashAll(this.committed.subarray(0, size), this.hashes);
+    this.digest.addAll(this.hashes, this.blocks);
+  }
+
+  /** Length of page `page` within the image (PAGE_SIZE except maybe the last). */
+  pageLength(page: number): number {
+    return Math.min(PAGE_SIZE, this.size - page * PAGE_SIZE);
+  }
+
+  /** Digest of the committed contents. */
+  digestValue(): ImageDigest {
+    return this.digest.value(this.size);
+  }
+}

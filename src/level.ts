@@ -1,0 +1,53 @@
+/**
+ * Codec operating points. Both are exact; they differ in how hard the
+ * encoder looks for a smaller encoding. The level is recorded in each frame,
+ * so a receiver decodes either.
+ * @module
+ */
+
+/** `fast` for LAN links (CPU and latency matter most), `max` for WAN links (bytes matter most). */
+export type Level = "fast" | "max";
+
+/** All levels, for argument parsing. */
+export const LEVELS: readonly Level[] = ["fast", "max"];
+
+/** Tunables behind each level. */
+export interface LevelParams {
+  /** zstd level for the op stream. */
+  zstdLevel: number;
+  /** zstd level for the LZ section (max only). */
+  lzLevel: number;
+  /** Try LZ-with-reference-prefix for pages whose best XOR encoding exceeds this many bytes; Infinity = never. */
+  lzThreshold: number;
+  /** Look up every indexed dirty block for identical content (else only for heavily changed pages). */
+  blockLookups: boolean;
+  /** Candidate similar pages tried per dirty page. */
+  similarCandidates: number;
+  /** Content-index lookups spent per dirty page looking for a similar page. */
+  pageLookups: number;
+}
+
+/** The parameters of a level. */
+export function levelParams(level: Level): LevelParams {
+  return level === "fast"
+    ? { zstdLevel: 1, lzLevel: 1, lzThreshold: Infinity, blockLookups: false, similarCandidates: 1, pageLookups: 6 }
+    : { zstdLevel: 9, lzLevel: 9, lzThreshold: 48, blockLookups: true, similarCandidates: 3, pageLookups: 64 };
+}
+
+/** Parses a level name, with an error that lists the valid ones. */
+export function parseLevel(text: string): Level {
+  if (text === "fast" || text === "max") return text;
+  throw new RangeError(`unknown codec level "${text}", expected one of: ${LEVELS.join(", ")}`);
+}
+
+/** Level → 2-bit frame flag. */
+export function levelCode(level: Level): number {
+  return level === "fast" ? 0 : 1;
+}
+
+/** 2-bit frame flag → level. */
+export function levelFromCode(code: number): Level {
+  if (code === 0) return "fast";
+  if (code === 1) return "max";
+  throw new RangeError(`unknown codec level code ${code}, expected 0 (fast) or 1 (max)`);
+}
