@@ -17,7 +17,11 @@ export function uvarintSize(value: number): number {
 }
 
 /** Writes `value` at `pos`; returns the position after it. The caller ensures room (10 bytes at most). */
-export function writeUvarint(out: Uint8Array, pos: number, value: number): number {
+export function writeUvarint(
+  out: Uint8Array,
+  pos: number,
+  value: number,
+): number {
   while (value >= 0x80) {
     out[pos++] = (value & 0x7f) | 0x80;
     value = Math.floor(value / 128);
@@ -29,7 +33,11 @@ export function writeUvarint(out: Uint8Array, pos: number, value: number): numbe
 /** A cursor over encoded bytes; every read checks the end so that a truncated patch is an error, not garbage. */
 export class ByteReader {
   pos: number;
-  constructor(readonly bytes: Uint8Array, pos = 0, readonly end = bytes.length) {
+  constructor(
+    readonly bytes: Uint8Array,
+    pos = 0,
+    readonly end = bytes.length,
+  ) {
     this.pos = pos;
   }
 
@@ -39,20 +47,26 @@ export class ByteReader {
     let scale = 1;
     for (let i = 0; i < 8; i++) {
       if (this.pos >= this.end) {
-        throw new RangeError(`truncated patch: ${what} runs past the end at byte ${this.pos}`);
+        throw new RangeError(
+          `truncated patch: ${what} runs past the end at byte ${this.pos}`,
+        );
       }
       const b = this.bytes[this.pos++];
       result += (b & 0x7f) * scale;
       if (b < 0x80) return result;
       scale *= 128;
     }
-    throw new RangeError(`malformed patch: ${what} varint longer than 8 bytes at byte ${this.pos}`);
+    throw new RangeError(
+      `malformed patch: ${what} varint longer than 8 bytes at byte ${this.pos}`,
+    );
   }
 
   /** Reads one byte. */
   u8(what: string): number {
     if (this.pos >= this.end) {
-      throw new RangeError(`truncated patch: ${what} runs past the end at byte ${this.pos}`);
+      throw new RangeError(
+        `truncated patch: ${what} runs past the end at byte ${this.pos}`,
+      );
     }
     return this.bytes[this.pos++];
   }
@@ -61,7 +75,9 @@ export class ByteReader {
   take(n: number, what: string): Uint8Array {
     if (this.pos + n > this.end) {
       throw new RangeError(
-        `truncated patch: ${what} needs ${n} bytes at byte ${this.pos}, only ${this.end - this.pos} left`,
+        `truncated patch: ${what} needs ${n} bytes at byte ${this.pos}, only ${
+          this.end - this.pos
+        } left`,
       );
     }
     const view = this.bytes.subarray(this.pos, this.pos + n);

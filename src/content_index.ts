@@ -4,11 +4,10 @@
  * blocks within and across images).
  *
  * It is an open-addressing table of global block ids. Keys are not stored:
- * an entry is checked against the image's current block hash, and every
- * candidate is then confirmed bitwise against the committed bytes before it
- * is used, so a hash collision can never make a reference to different content.
- * Entries whose block has since changed are skipped on lookup and dropped at
- * the next rebuild.
+ * every candidate in the probe chain is confirmed bitwise against the
+ * committed bytes before it is used, so a hash collision can never make a
+ * reference to different content. Entries whose block has since changed fail
+ * that check and are dropped at the next rebuild.
  *
  * Only *sampled* blocks are indexed (those whose hash has its low
  * `log2(sampling)` bits zero): identical content is sampled identically on
@@ -82,8 +81,13 @@ export class ContentIndex {
     options: ContentIndexOptions = {},
   ) {
     const sampling = options.sampling ?? 2;
-    if (!Number.isInteger(sampling) || sampling < 1 || (sampling & (sampling - 1)) !== 0) {
-      throw new RangeError(`content index sampling must be a power of two >= 1, got ${sampling}`);
+    if (
+      !Number.isInteger(sampling) || sampling < 1 ||
+      (sampling & (sampling - 1)) !== 0
+    ) {
+      throw new RangeError(
+        `content index sampling must be a power of two >= 1, got ${sampling}`,
+      );
     }
     this.sampling = sampling;
     this.keyMask = options.keyMask ?? -1;
@@ -97,7 +101,9 @@ export class ContentIndex {
       this.#bases.push(total);
       total += image.blocks;
     }
-    if (total >= 0xffffffff) throw new RangeError(`too many blocks for the content index: ${total}`);
+    if (total >= 0xffffffff) {
+      throw new RangeError(`too many blocks for the content index: ${total}`);
+    }
     const capacity = Math.max(1024, Math.ceil((total / sampling) * 1.5));
     this.#slots = new Uint32Array(capacity);
   }
@@ -116,11 +122,6 @@ export class ContentIndex {
   #home(lo: number, hi: number): number {
     const key = this.keyMask === -1 ? mix(lo, hi) : mix(lo & this.keyMask, 0);
     return Math.floor((key * this.#slots.length) / 4294967296);
-  }
-
-  #keyEquals(lo: number, hi: number, lo2: number, hi2: number): boolean {
-    if (this.keyMask === -1) return lo === lo2 && hi === hi2;
-    return (lo & this.keyMask) === (lo2 & this.keyMask);
   }
 
   /** Adds block `block` of image `slot`, whose current hash is (lo, hi). */
@@ -152,7 +153,9 @@ export class ContentIndex {
     this.#inserted = 0;
     for (let s = 0; s < this.#images.length; s++) {
       const { hashes, blocks } = this.#images[s];
-      for (let b = 0; b < blocks; b++) this.insert(s, b, hashes[2 * b], hashes[2 * b + 1]);
+      for (let b = 0; b < blocks; b++) {
+        this.insert(s, b, hashes[2 * b], hashes[2 * b + 1]);
+      }
     }
   }
 
@@ -179,7 +182,13 @@ export class ContentIndex {
    * (the block hash of which is (lo, hi)), confirmed bitwise. Returns its
    * global block id, or -1. `skipId` excludes one id (the block itself).
    */
-  find(lo: number, hi: number, bytes: Uint8Array, offset: number, skipId = -1): number {
+  find(
+    lo: number,
+    hi: number,
+    bytes: Uint8Array,
+    offset: number,
+    skipId = -1,
+  ): number {
     if (!this.isIndexed(lo, hi)) return -1;
     this.counters.lookups++;
     const slots = this.#slots;
@@ -193,11 +202,18 @@ export class ContentIndex {
       const slot = this.slotOf(id);
       const block = id - this.#bases[slot];
       const image = this.#images[slot];
-      if (
-        id !== skipId && block < image.blocks &&
-        this.#keyEquals(lo, hi, image.hashes[2 * block], image.hashes[2 * block + 1])
-      ) {
-        if (this.#sameBytes(image.committed, block * this.#blockSize, bytes, offset)) {
+      // No key check against the hashes array: it may already describe this
+      // epoch's new contents, while a move's source still holds the old ones in
+      // committed state. The bitwise check below is the only one that counts.
+      if (id !== skipId && block < image.blocks) {
+        if (
+          this.#sameBytes(
+            image.committed,
+            block * this.#blockSize,
+            bytes,
+            offset,
+          )
+        ) {
           this.counters.hits++;
           return id;
         }
@@ -209,13 +225,20 @@ export class ContentIndex {
     return -1;
   }
 
-  #sameBytes(a: Uint8Array, aOff: number, b: Uint8Array, bOff: number): boolean {
+  #sameBytes(
+    a: Uint8Array,
+    aOff: number,
+    b: Uint8Array,
+    bOff: number,
+  ): boolean {
     const bs = this.#blockSize;
     // The last block of an image may be short: both sides must have the same real length.
     const aLen = Math.min(bs, a.length - aOff);
     const bLen = Math.min(bs, b.length - bOff);
     if (aLen !== bLen || aLen <= 0) return false;
-    for (let k = 0; k < aLen; k++) if (a[aOff + k] !== b[bOff + k]) return false;
+    for (let k = 0; k < aLen; k++) {
+      if (a[aOff + k] !== b[bOff + k]) return false;
+    }
     return true;
   }
 }

@@ -11,7 +11,14 @@
  */
 
 import { type BlockHasher, createBlockHasher } from "./hash/block_hash.ts";
-import { type CommitBody, decodeFrame, type Frame, FrameError, FrameType, type PatchBody } from "./frame.ts";
+import {
+  type CommitBody,
+  decodeFrame,
+  type Frame,
+  FrameError,
+  FrameType,
+  type PatchBody,
+} from "./frame.ts";
 import { ImageState, PAGE_SIZE } from "./image_state.ts";
 import type { Level } from "./level.ts";
 import { BlockOpKind, ByteWriter, OpKind, RefKind } from "./patch.ts";
@@ -81,7 +88,8 @@ export class EpochDecoder {
   #ownsZstd: boolean;
 
   constructor(specs: ImageSpec[], options: DecoderOptions = {}) {
-    this.hasher = options.hasher ?? createBlockHasher({ blockSize: options.blockSize ?? 64 });
+    this.hasher = options.hasher ??
+      createBlockHasher({ blockSize: options.blockSize ?? 64 });
     this.#ownsZstd = !options.zstd;
     this.zstd = options.zstd ?? createZstd();
     this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
@@ -103,7 +111,11 @@ export class EpochDecoder {
       frame = decodeFrame(bytes);
     } catch (e) {
       this.#drop();
-      if (e instanceof FrameError) throw new DecodeError(`epoch ${this.#epoch + 1} rejected: ${e.message}`);
+      if (e instanceof FrameError) {
+        throw new DecodeError(
+          `epoch ${this.#epoch + 1} rejected: ${e.message}`,
+        );
+      }
       throw e;
     }
     this.#pendingBytes += bytes.length;
@@ -132,7 +144,11 @@ export class EpochDecoder {
     for (const f of frames) result = this.receive(f);
     if (!result) {
       this.#drop();
-      throw new DecodeError(`epoch ${this.#epoch + 1} incomplete: no COMMIT frame among ${frames.length} frames`);
+      throw new DecodeError(
+        `epoch ${
+          this.#epoch + 1
+        } incomplete: no COMMIT frame among ${frames.length} frames`,
+      );
     }
     return result;
   }
@@ -147,38 +163,68 @@ export class EpochDecoder {
     const fail = (msg: string): never => {
       throw new DecodeError(`epoch ${epoch} rejected: ${msg}`);
     };
-    if (commit.base !== this.#epoch) fail(`it applies on top of epoch ${commit.base}, this receiver has ${this.#epoch}`);
-    if (commit.pageSize !== PAGE_SIZE) fail(`page size ${commit.pageSize}, expected ${PAGE_SIZE}`);
+    if (commit.base !== this.#epoch) {
+      fail(
+        `it applies on top of epoch ${commit.base}, this receiver has ${this.#epoch}`,
+      );
+    }
+    if (commit.pageSize !== PAGE_SIZE) {
+      fail(`page size ${commit.pageSize}, expected ${PAGE_SIZE}`);
+    }
     if (commit.blockSize !== this.hasher.blockSize) {
       fail(`block size ${commit.blockSize}, expected ${this.hasher.blockSize}`);
     }
     if (commit.images.length !== this.images.length) {
-      fail(`commit lists ${commit.images.length} images, expected ${this.images.length}`);
+      fail(
+        `commit lists ${commit.images.length} images, expected ${this.images.length}`,
+      );
     }
     commit.images.forEach((ci, s) => {
       const image = this.images[s];
       if (ci.id !== image.id || ci.size !== image.size) {
-        fail(`image ${s} is "${ci.id}" of ${ci.size} bytes, expected "${image.id}" of ${image.size} bytes`);
+        fail(
+          `image ${s} is "${ci.id}" of ${ci.size} bytes, expected "${image.id}" of ${image.size} bytes`,
+        );
       }
     });
     // Order chunks and check that each image's are all there, once.
     const chunks: PatchBody[][] = this.images.map(() => []);
     for (const f of this.#pending) {
       const body = f.body as PatchBody;
-      if (body.base !== this.#epoch) fail(`patch chunk based on epoch ${body.base}, expected ${this.#epoch}`);
-      if (body.slot >= this.images.length) fail(`patch for image slot ${body.slot}, only ${this.images.length} images`);
-      if (f.imageId !== this.images[body.slot].id) {
-        fail(`patch frame names image "${f.imageId}", slot ${body.slot} is "${this.images[body.slot].id}"`);
+      if (body.base !== this.#epoch) {
+        fail(
+          `patch chunk based on epoch ${body.base}, expected ${this.#epoch}`,
+        );
       }
-      if (chunks[body.slot][body.chunk]) fail(`chunk ${body.chunk} of image "${f.imageId}" received twice`);
+      if (body.slot >= this.images.length) {
+        fail(
+          `patch for image slot ${body.slot}, only ${this.images.length} images`,
+        );
+      }
+      if (f.imageId !== this.images[body.slot].id) {
+        fail(
+          `patch frame names image "${f.imageId}", slot ${body.slot} is "${
+            this.images[body.slot].id
+          }"`,
+        );
+      }
+      if (chunks[body.slot][body.chunk]) {
+        fail(`chunk ${body.chunk} of image "${f.imageId}" received twice`);
+      }
       chunks[body.slot][body.chunk] = body;
     }
     commit.images.forEach((ci, s) => {
       for (let c = 0; c < ci.chunks; c++) {
-        if (!chunks[s][c]) fail(`chunk ${c} of ${ci.chunks} for image "${ci.id}" is missing`);
+        if (!chunks[s][c]) {
+          fail(`chunk ${c} of ${ci.chunks} for image "${ci.id}" is missing`);
+        }
       }
       if (chunks[s].length !== ci.chunks) {
-        fail(`image "${ci.id}" has ${chunks[s].length} chunks, commit says ${ci.chunks}`);
+        fail(
+          `image "${ci.id}" has ${
+            chunks[s].length
+          } chunks, commit says ${ci.chunks}`,
+        );
       }
     });
 
@@ -188,7 +234,9 @@ export class EpochDecoder {
     this.#stagedPage.clear();
     for (let s = 0; s < this.images.length; s++) {
       let lastPage = -1;
-      for (const body of chunks[s]) lastPage = this.#stageChunk(s, body, lastPage, fail);
+      for (const body of chunks[s]) {
+        lastPage = this.#stageChunk(s, body, lastPage, fail);
+      }
     }
 
     // Verify digests on the staged result before touching anything.
@@ -199,7 +247,9 @@ export class EpochDecoder {
       return d;
     });
     const staged = this.#staging.bytes;
-    const newHashesAll = new Uint32Array(this.#stagedPage.length * 2 * (PAGE_SIZE / this.hasher.blockSize));
+    const newHashesAll = new Uint32Array(
+      this.#stagedPage.length * 2 * (PAGE_SIZE / this.hasher.blockSize),
+    );
     const hpp = 2 * (PAGE_SIZE / this.hasher.blockSize);
     for (let i = 0; i < this.#stagedPage.length; i++) {
       const s = this.#stagedSlot.data[i];
@@ -207,7 +257,10 @@ export class EpochDecoder {
       const image = this.images[s];
       const len = image.pageLength(page);
       const fresh = newHashesAll.subarray(i * hpp, (i + 1) * hpp);
-      this.hasher.hashAll(staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len), fresh);
+      this.hasher.hashAll(
+        staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len),
+        fresh,
+      );
       const first = page * image.blocksPerPage;
       const end = Math.min(first + image.blocksPerPage, image.blocks);
       const d = digests[s];
@@ -221,9 +274,9 @@ export class EpochDecoder {
       const d = digests[s];
       if ((d.lo >>> 0) !== ci.digestLo || (d.hi >>> 0) !== ci.digestHi) {
         fail(
-          `digest mismatch for image "${ci.id}": staged contents hash to ${hex(d.hi, d.lo)}, the primary's is ${
-            hex(ci.digestHi, ci.digestLo)
-          }`,
+          `digest mismatch for image "${ci.id}": staged contents hash to ${
+            hex(d.hi, d.lo)
+          }, the primary's is ${hex(ci.digestHi, ci.digestLo)}`,
         );
       }
     });
@@ -235,10 +288,16 @@ export class EpochDecoder {
       const page = this.#stagedPage.data[i];
       const image = this.images[s];
       const len = image.pageLength(page);
-      image.committed.set(staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len), page * PAGE_SIZE);
+      image.committed.set(
+        staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len),
+        page * PAGE_SIZE,
+      );
       const first = page * image.blocksPerPage;
       const n = Math.min(image.blocksPerPage, image.blocks - first);
-      image.hashes.set(newHashesAll.subarray(i * hpp, i * hpp + 2 * n), 2 * first);
+      image.hashes.set(
+        newHashesAll.subarray(i * hpp, i * hpp + 2 * n),
+        2 * first,
+      );
     }
     const result: AppliedEpoch = {
       epoch,
@@ -261,13 +320,26 @@ export class EpochDecoder {
 
   /** Reference page bytes: committed page of an image, or zeros. */
   #refPage(slot: number, page: number, fail: (m: string) => never): Uint8Array {
-    if (slot >= this.images.length) fail(`reference to image slot ${slot}, only ${this.images.length} images`);
+    if (slot >= this.images.length) {
+      fail(
+        `reference to image slot ${slot}, only ${this.images.length} images`,
+      );
+    }
     const image = this.images[slot];
-    if (page >= image.pages) fail(`reference to page ${page} of image "${image.id}", it has ${image.pages} pages`);
+    if (page >= image.pages) {
+      fail(
+        `reference to page ${page} of image "${image.id}", it has ${image.pages} pages`,
+      );
+    }
     return image.committed.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
   }
 
-  #readRef(reader: ByteReader, slot: number, page: number, fail: (m: string) => never): Uint8Array {
+  #readRef(
+    reader: ByteReader,
+    slot: number,
+    page: number,
+    fail: (m: string) => never,
+  ): Uint8Array {
     const rk = reader.u8("reference kind");
     if (rk === RefKind.SAME) return this.#refPage(slot, page, fail);
     if (rk === RefKind.OTHER) {
@@ -275,27 +347,43 @@ export class EpochDecoder {
       return this.#refPage(s2, reader.uvarint("reference page"), fail);
     }
     if (rk === RefKind.ZERO) return this.#zeroRef;
-    return fail(`unknown reference kind ${rk} at byte ${reader.pos - 1}, expected 0, 1 or 2`);
+    return fail(
+      `unknown reference kind ${rk} at byte ${
+        reader.pos - 1
+      }, expected 0, 1 or 2`,
+    );
   }
 
-  #stageChunk(slot: number, body: PatchBody, lastPage: number, fail: (m: string) => never): number {
+  #stageChunk(
+    slot: number,
+    body: PatchBody,
+    lastPage: number,
+    fail: (m: string) => never,
+  ): number {
     const image = this.images[slot];
     let ops: Uint8Array;
     if (body.opsCodec === 1) {
       try {
         ops = this.zstd.decompress(body.ops, body.opsSize);
       } catch (e) {
-        fail(`op stream of image "${image.id}" chunk ${body.chunk} does not decompress: ${(e as Error).message}`);
+        fail(
+          `op stream of image "${image.id}" chunk ${body.chunk} does not decompress: ${
+            (e as Error).message
+          }`,
+        );
       }
     } else {
       ops = body.ops;
-      if (ops.length !== body.opsSize) fail(`raw op stream is ${ops.length} bytes, expected ${body.opsSize}`);
+      if (ops.length !== body.opsSize) {
+        fail(`raw op stream is ${ops.length} bytes, expected ${body.opsSize}`);
+      }
     }
     const reader = new ByteReader(ops!);
     const staging = this.#staging;
     this.#lzPrefix.reset();
     this.#lzPages.clear();
-    let page = lastPage;
+    // Page deltas restart in every chunk; chunks of an image cover increasing pages.
+    let page = -1;
     let count = 0;
     const bs = this.hasher.blockSize;
     const bpp = image.blocksPerPage;
@@ -304,12 +392,23 @@ export class EpochDecoder {
       while (reader.pos < reader.end) {
         const kind = reader.u8("op kind");
         page = page + 1 + reader.uvarint("page delta");
-        if (page >= image.pages) fail(`op for page ${page} of image "${image.id}", it has ${image.pages} pages`);
+        if (page >= image.pages) {
+          fail(
+            `op for page ${page} of image "${image.id}", it has ${image.pages} pages`,
+          );
+        }
+        if (count === 0 && page <= lastPage) {
+          fail(
+            `chunk ${body.chunk} of image "${image.id}" starts at page ${page}, the previous chunk ended at ${lastPage}`,
+          );
+        }
         count++;
         staging.ensure(PAGE_SIZE);
         const at = staging.pos;
         const dst = staging.bytes;
-        if (this.#stagingWords.buffer !== dst.buffer) this.#stagingWords = new Uint32Array(dst.buffer);
+        if (this.#stagingWords.buffer !== dst.buffer) {
+          this.#stagingWords = new Uint32Array(dst.buffer);
+        }
         const dstWords = this.#stagingWords;
         const atWord = at >>> 2;
         this.#stagedSlot.push(slot);
@@ -326,7 +425,9 @@ export class EpochDecoder {
             dst.set(this.#readRef(reader, slot, page, fail), at);
             const len = reader.uvarint("xor length");
             const end = reader.pos + len;
-            if (end > reader.end) fail(`xor data of page ${page} runs past the op stream`);
+            if (end > reader.end) {
+              fail(`xor data of page ${page} runs past the op stream`);
+            }
             applyXorZeroRun(reader, end, dstWords, atWord, WORDS);
             break;
           }
@@ -335,20 +436,45 @@ export class EpochDecoder {
             const mask = reader.take(maskBytes, "block mask");
             for (let k = 0; k < bpp; k++) {
               if (((mask[k >>> 3] >>> (k & 7)) & 1) === 0) continue;
-              if (page * bpp + k >= image.blocks) fail(`block mask of page ${page} names block ${k} past the image end`);
+              if (page * bpp + k >= image.blocks) {
+                fail(
+                  `block mask of page ${page} names block ${k} past the image end`,
+                );
+              }
               const bk = reader.u8("block op");
               if (bk === BlockOpKind.XOR) {
                 const len = reader.uvarint("block xor length");
                 const end = reader.pos + len;
-                if (end > reader.end) fail(`block xor data of page ${page} runs past the op stream`);
-                applyXorZeroRun(reader, end, dstWords, atWord + k * (bs >>> 2), bs >>> 2);
+                if (end > reader.end) {
+                  fail(
+                    `block xor data of page ${page} runs past the op stream`,
+                  );
+                }
+                applyXorZeroRun(
+                  reader,
+                  end,
+                  dstWords,
+                  atWord + k * (bs >>> 2),
+                  bs >>> 2,
+                );
               } else if (bk === BlockOpKind.SHARED) {
                 const s2 = reader.uvarint("shared block slot");
                 const b2 = reader.uvarint("shared block");
-                if (s2 >= this.images.length) fail(`shared block from image slot ${s2}, only ${this.images.length}`);
+                if (s2 >= this.images.length) {
+                  fail(
+                    `shared block from image slot ${s2}, only ${this.images.length}`,
+                  );
+                }
                 const other = this.images[s2];
-                if (b2 >= other.blocks) fail(`shared block ${b2} of image "${other.id}", it has ${other.blocks} blocks`);
-                dst.set(other.committed.subarray(b2 * bs, b2 * bs + bs), at + k * bs);
+                if (b2 >= other.blocks) {
+                  fail(
+                    `shared block ${b2} of image "${other.id}", it has ${other.blocks} blocks`,
+                  );
+                }
+                dst.set(
+                  other.committed.subarray(b2 * bs, b2 * bs + bs),
+                  at + k * bs,
+                );
               } else {
                 fail(`unknown block op ${bk} in page ${page}, expected 0 or 1`);
               }
@@ -366,27 +492,50 @@ export class EpochDecoder {
             this.#lzPages.push(at);
             break;
           default:
-            fail(`unknown op kind ${kind} at byte ${reader.pos - 1} of image "${image.id}", expected 0-5`);
+            fail(
+              `unknown op kind ${kind} at byte ${
+                reader.pos - 1
+              } of image "${image.id}", expected 0-5`,
+            );
         }
       }
     } catch (e) {
       if (e instanceof DecodeError) throw e;
       fail(`image "${image.id}" chunk ${body.chunk}: ${(e as Error).message}`);
     }
-    if (count !== body.pages) fail(`image "${image.id}" chunk ${body.chunk} has ${count} ops, frame says ${body.pages}`);
+    if (count !== body.pages) {
+      fail(
+        `image "${image.id}" chunk ${body.chunk} has ${count} ops, frame says ${body.pages}`,
+      );
+    }
     const lzPages = this.#lzPages.length;
     if (lzPages > 0 || body.lz) {
       if (!body.lz || body.lzSize !== lzPages * PAGE_SIZE) {
-        fail(`chunk ${body.chunk} has ${lzPages} LZ pages but an LZ section of ${body.lzSize ?? 0} bytes`);
+        fail(
+          `chunk ${body.chunk} has ${lzPages} LZ pages but an LZ section of ${
+            body.lzSize ?? 0
+          } bytes`,
+        );
       }
       let pages: Uint8Array;
       try {
-        pages = this.zstd.decompress(body.lz!, body.lzSize!, this.#lzPrefix.view());
+        pages = this.zstd.decompress(
+          body.lz!,
+          body.lzSize!,
+          this.#lzPrefix.view(),
+        );
       } catch (e) {
-        fail(`LZ section of image "${image.id}" chunk ${body.chunk} does not decompress: ${(e as Error).message}`);
+        fail(
+          `LZ section of image "${image.id}" chunk ${body.chunk} does not decompress: ${
+            (e as Error).message
+          }`,
+        );
       }
       for (let i = 0; i < lzPages; i++) {
-        this.#staging.bytes.set(pages!.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), this.#lzPages.data[i]);
+        this.#staging.bytes.set(
+          pages!.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE),
+          this.#lzPages.data[i],
+        );
       }
     }
     return page;
@@ -399,5 +548,6 @@ export class EpochDecoder {
 }
 
 function hex(hi: number, lo: number): string {
-  return (hi >>> 0).toString(16).padStart(8, "0") + (lo >>> 0).toString(16).padStart(8, "0");
+  return (hi >>> 0).toString(16).padStart(8, "0") +
+    (lo >>> 0).toString(16).padStart(8, "0");
 }

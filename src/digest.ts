@@ -51,7 +51,9 @@ export class DigestAccumulator {
 
   /** Adds every block of a hash array (2 u32 per block). */
   addAll(hashes: Uint32Array, blocks: number): void {
-    for (let b = 0; b < blocks; b++) this.add(b, hashes[2 * b], hashes[2 * b + 1]);
+    for (let b = 0; b < blocks; b++) {
+      this.add(b, hashes[2 * b], hashes[2 * b + 1]);
+    }
   }
 
   /** The digest of an image of `size` bytes. */
@@ -62,10 +64,13 @@ export class DigestAccumulator {
 
 /** Formats a digest for messages and status output. */
 export function formatDigest(d: ImageDigest): string {
-  return `${d.size}:${d.hi.toString(16).padStart(8, "0")}${d.lo.toString(16).padStart(8, "0")}`;
+  return `${d.size}:${d.hi.toString(16).padStart(8, "0")}${
+    d.lo.toString(16).padStart(8, "0")
+  }`;
 }
 
 /** True if both digests cover the same size and hash. */
 export function digestEquals(a: ImageDigest, b: ImageDigest): boolean {
-  return a.size === b.size && (a.lo >>> 0) === (b.lo >>> 0) && (a.hi >>> 0) === (b.hi >>> 0);
+  return a.size === b.size && (a.lo >>> 0) === (b.lo >>> 0) &&
+    (a.hi >>> 0) === (b.hi >>> 0);
 }

@@ -8,7 +8,11 @@
  * @module
  */
 
-import { type BlockHasher, createBlockHasher, hashBlockInto } from "./hash/block_hash.ts";
+import {
+  type BlockHasher,
+  createBlockHasher,
+  hashBlockInto,
+} from "./hash/block_hash.ts";
 import { ContentIndex } from "./content_index.ts";
 import { type CommitImage, encodeFrame, FrameType } from "./frame.ts";
 import { ImageState, PAGE_SIZE } from "./image_state.ts";
@@ -36,7 +40,7 @@ export interface EncoderOptions {
   hasher?: BlockHasher;
   /** zstd instance (default: created, FFI where available). */
   zstd?: Zstd;
-  /** Content index sampling (power of two); default 2. */
+  /** Content index sampling (power of two); default 2 at fast, 1 at max. */
   indexSampling?: number;
   /** Test hook: weakens content-index keys to force hash collisions. */
   indexKeyMask?: number;
@@ -113,26 +117,43 @@ export class EpochEncoder {
   #ownsZstd: boolean;
 
   constructor(specs: ImageSpec[], options: EncoderOptions = {}) {
-    if (specs.length === 0) throw new RangeError("the encoder needs at least one image");
+    if (specs.length === 0) {
+      throw new RangeError("the encoder needs at least one image");
+    }
     const ids = new Set<string>();
     for (const s of specs) {
       if (ids.has(s.id)) throw new RangeError(`duplicate image id "${s.id}"`);
       ids.add(s.id);
     }
     this.level = options.level ?? "fast";
-    this.hasher = options.hasher ?? createBlockHasher({ blockSize: options.blockSize ?? 64 });
+    this.hasher = options.hasher ??
+      createBlockHasher({ blockSize: options.blockSize ?? 64 });
     this.#ownsZstd = !options.zstd;
     this.zstd = options.zstd ?? createZstd();
     this.chunkBytes = options.chunkBytes ?? 4 << 20;
     this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
     const zh = new Uint32Array(2);
-    hashBlockInto(new Uint8Array(this.hasher.blockSize), 0, this.hasher.blockSize, zh, 0);
+    hashBlockInto(
+      new Uint8Array(this.hasher.blockSize),
+      0,
+      this.hasher.blockSize,
+      zh,
+      0,
+    );
     this.#zeroHash = { lo: zh[0], hi: zh[1] };
     this.index = new ContentIndex(
-      this.images.map((i) => ({ committed: i.committed, hashes: i.hashes, blocks: i.blocks })),
+      this.images.map((i) => ({
+        committed: i.committed,
+        hashes: i.hashes,
+        blocks: i.blocks,
+      })),
       this.hasher.blockSize,
       this.#zeroHash,
-      { sampling: options.indexSampling, keyMask: options.indexKeyMask },
+      // max indexes every block (identical blocks anywhere); fast every other one, for memory.
+      {
+        sampling: options.indexSampling ?? (this.level === "max" ? 1 : 2),
+        keyMask: options.indexKeyMask,
+      },
     );
     this.index.rebuild();
     const params = levelParams(this.level);
@@ -159,7 +180,9 @@ export class EpochEncoder {
   /** Bytes of memory the encoder's model holds (committed copies, hashes, index). */
   get modelBytes(): number {
     let n = this.index.byteLength;
-    for (const i of this.images) n += i.committed.byteLength + i.hashes.byteLength;
+    for (const i of this.images) {
+      n += i.committed.byteLength + i.hashes.byteLength;
+    }
     for (const w of this.#work) n += w.dirty.byteLength;
     return n;
   }
@@ -171,12 +194,16 @@ export class EpochEncoder {
   encode(current: Uint8Array[]): EncodedEpoch {
     const t0 = performance.now();
     if (current.length !== this.images.length) {
-      throw new RangeError(`expected ${this.images.length} images, got ${current.length}`);
+      throw new RangeError(
+        `expected ${this.images.length} images, got ${current.length}`,
+      );
     }
     for (let s = 0; s < current.length; s++) {
       if (current[s].length !== this.images[s].size) {
         throw new RangeError(
-          `image "${this.images[s].id}" is ${current[s].length} bytes, expected ${this.images[s].size}`,
+          `image "${this.images[s].id}" is ${
+            current[s].length
+          } bytes, expected ${this.images[s].size}`,
         );
       }
     }
@@ -206,7 +233,11 @@ export class EpochEncoder {
       w.dirty.fill(0);
       w.dirtyPages.clear();
       w.chunks = 0;
-      stats.dirtyBlocks += this.hasher.scanDirty(current[s], this.images[s].hashes, w.dirty);
+      stats.dirtyBlocks += this.hasher.scanDirty(
+        current[s],
+        this.images[s].hashes,
+        w.dirty,
+      );
       stats.imageBytes += this.images[s].size;
     }
     const t1 = performance.now();
@@ -215,7 +246,15 @@ export class EpochEncoder {
     // match + XOR per dirty page, compress + frame per chunk.
     const frames: Uint8Array[] = [];
     for (let s = 0; s < current.length; s++) {
-      this.#encodeImage(s, current[s], epoch, params.zstdLevel, params.lzLevel, frames, stats);
+      this.#encodeImage(
+        s,
+        current[s],
+        epoch,
+        params.zstdLevel,
+        params.lzLevel,
+        frames,
+        stats,
+      );
     }
 
     // Commit the model: what the receiver will hold once it applies this epoch.
@@ -265,7 +304,9 @@ export class EpochEncoder {
     const dirty = work.dirty;
     const bpp = image.blocksPerPage;
     const aligned = (cur.byteOffset & 3) === 0;
-    const curWords = aligned ? new Uint32Array(cur.buffer, cur.byteOffset, cur.length >>> 2) : null;
+    const curWords = aligned
+      ? new Uint32Array(cur.buffer, cur.byteOffset, cur.length >>> 2)
+      : null;
     const ops = this.#ops;
     ops.reset();
     this.#lz.reset();
@@ -291,12 +332,23 @@ export class EpochEncoder {
         } else {
           // Short last page or unaligned source: work on a zero-padded aligned copy.
           this.#padded.fill(0);
-          this.#padded.set(cur.subarray(off, Math.min(off + PAGE_SIZE, cur.length)));
+          this.#padded.set(
+            cur.subarray(off, Math.min(off + PAGE_SIZE, cur.length)),
+          );
           pageBytes = this.#padded;
           pageWords = this.#paddedWords;
           pageOff = 0;
         }
-        const choice = this.#pages.encode(slot, page, pageBytes, pageWords, pageOff, dirty, page - prevPage - 1, ops);
+        const choice = this.#pages.encode(
+          slot,
+          page,
+          pageBytes,
+          pageWords,
+          pageOff,
+          dirty,
+          page - prevPage - 1,
+          ops,
+        );
         prevPage = page;
         pagesInChunk++;
         stats.dirtyPages++;
@@ -309,18 +361,35 @@ export class EpochEncoder {
           this.#lz.append(pageBytes.subarray(pageOff, pageOff + PAGE_SIZE));
           if (choice.refKind === RefKind.ZERO) {
             this.#lzPrefix.ensure(PAGE_SIZE);
-            this.#lzPrefix.bytes.fill(0, this.#lzPrefix.pos, this.#lzPrefix.pos + PAGE_SIZE);
+            this.#lzPrefix.bytes.fill(
+              0,
+              this.#lzPrefix.pos,
+              this.#lzPrefix.pos + PAGE_SIZE,
+            );
             this.#lzPrefix.pos += PAGE_SIZE;
           } else {
             const ref = this.images[choice.refSlot].committed;
-            this.#lzPrefix.append(ref.subarray(choice.refPage * PAGE_SIZE, (choice.refPage + 1) * PAGE_SIZE));
+            this.#lzPrefix.append(
+              ref.subarray(
+                choice.refPage * PAGE_SIZE,
+                (choice.refPage + 1) * PAGE_SIZE,
+              ),
+            );
           }
         }
         work.dirtyPages.push(page);
         if (ops.pos >= this.chunkBytes || this.#lz.pos >= this.chunkBytes) {
           const t = performance.now();
           stats.matchMs += t - tMatch;
-          this.#flushChunk(slot, epoch, pagesInChunk, zstdLevel, lzLevel, frames, stats);
+          this.#flushChunk(
+            slot,
+            epoch,
+            pagesInChunk,
+            zstdLevel,
+            lzLevel,
+            frames,
+            stats,
+          );
           tMatch = performance.now();
           stats.compressMs += tMatch - t;
           pagesInChunk = 0;
@@ -330,7 +399,17 @@ export class EpochEncoder {
     }
     const t = performance.now();
     stats.matchMs += t - tMatch;
-    if (pagesInChunk > 0) this.#flushChunk(slot, epoch, pagesInChunk, zstdLevel, lzLevel, frames, stats);
+    if (pagesInChunk > 0) {
+      this.#flushChunk(
+        slot,
+        epoch,
+        pagesInChunk,
+        zstdLevel,
+        lzLevel,
+        frames,
+        stats,
+      );
+    }
     stats.compressMs += performance.now() - t;
   }
 
@@ -381,7 +460,15 @@ export class EpochEncoder {
       });
       body.lzSize = this.#lz.pos;
     }
-    frames.push(encodeFrame(FrameType.PATCH, this.level, epoch, this.images[slot].id, body));
+    frames.push(
+      encodeFrame(
+        FrameType.PATCH,
+        this.level,
+        epoch,
+        this.images[slot].id,
+        body,
+      ),
+    );
     work.chunks++;
     this.#ops.reset();
     this.#lz.reset();
@@ -412,7 +499,9 @@ export class EpochEncoder {
       }
       image.committed.set(cur.subarray(off, off + len), off);
       for (let b = first; b < end; b++) {
-        if ((dirty[b >>> 5] >>> (b & 31)) & 1) this.index.insert(slot, b, hashes[2 * b], hashes[2 * b + 1]);
+        if ((dirty[b >>> 5] >>> (b & 31)) & 1) {
+          this.index.insert(slot, b, hashes[2 * b], hashes[2 * b + 1]);
+        }
       }
     }
   }

@@ -75,14 +75,27 @@ export interface CommitBody {
 
 /** A decoded frame. */
 export type Frame =
-  | { type: typeof FrameType.PATCH; level: Level; epoch: number; imageId: string; body: PatchBody }
-  | { type: typeof FrameType.COMMIT; level: Level; epoch: number; imageId: string; body: CommitBody };
+  | {
+    type: typeof FrameType.PATCH;
+    level: Level;
+    epoch: number;
+    imageId: string;
+    body: PatchBody;
+  }
+  | {
+    type: typeof FrameType.COMMIT;
+    level: Level;
+    epoch: number;
+    imageId: string;
+    body: CommitBody;
+  };
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 const unpackr = new Unpackr({ useRecords: false });
 
 function seedOf(epoch: number, type: number, flags: number): number {
-  return (Math.imul(epoch >>> 0, 0x9e3779b1) ^ (type << 8) ^ flags ^ Math.floor(epoch / 4294967296)) >>> 0;
+  return (Math.imul(epoch >>> 0, 0x9e3779b1) ^ (type << 8) ^ flags ^
+    Math.floor(epoch / 4294967296)) >>> 0;
 }
 
 /**
@@ -103,7 +116,18 @@ export function encodeFrame(
   const flags = levelCode(level);
   const bodyBytes = packr.pack(body);
   const checksum = xxh32(bodyBytes, seedOf(epoch, type, flags));
-  return packr.pack([FRAME_MAGIC, FRAME_VERSION, flags, type, epoch, imageId, bodyBytes, checksum]);
+  const frame = packr.pack([
+    FRAME_MAGIC,
+    FRAME_VERSION,
+    flags,
+    type,
+    epoch,
+    imageId,
+    bodyBytes,
+    checksum,
+  ]);
+  // A plain Uint8Array view, not msgpackr's Buffer (whose slice() does not copy).
+  return new Uint8Array(frame.buffer, frame.byteOffset, frame.byteLength);
 }
 
 /** Thrown for any frame that fails a check; the message names the field. */
@@ -125,37 +149,66 @@ export function decodeFrame(bytes: Uint8Array): Frame {
   try {
     outer = unpackr.unpack(bytes);
   } catch (e) {
-    throw new FrameError(`frame is not valid msgpack (${bytes.length} bytes): ${(e as Error).message}`);
+    throw new FrameError(
+      `frame is not valid msgpack (${bytes.length} bytes): ${
+        (e as Error).message
+      }`,
+    );
   }
-  need(Array.isArray(outer) && outer.length === 8, "frame must be an 8-element msgpack array");
-  const [magic, version, flags, type, epoch, imageId, body, checksum] = outer as unknown[];
-  need(magic === FRAME_MAGIC, `bad frame magic ${JSON.stringify(magic)}, expected "${FRAME_MAGIC}"`);
-  need(version === FRAME_VERSION, `unsupported frame version ${version}, expected ${FRAME_VERSION}`);
-  need(isUint(flags) && (flags & ~3) === 0, `bad frame flags ${flags}, expected 0..3`);
-  need(type === FrameType.PATCH || type === FrameType.COMMIT, `unknown frame type ${type}, expected 1 or 2`);
-  need(isUint(epoch), `bad frame epoch ${epoch}, expected a non-negative integer`);
+  need(
+    Array.isArray(outer) && outer.length === 8,
+    "frame must be an 8-element msgpack array",
+  );
+  const [magic, version, flags, type, epoch, imageId, body, checksum] =
+    outer as unknown[];
+  need(
+    magic === FRAME_MAGIC,
+    `bad frame magic ${JSON.stringify(magic)}, expected "${FRAME_MAGIC}"`,
+  );
+  need(
+    version === FRAME_VERSION,
+    `unsupported frame version ${version}, expected ${FRAME_VERSION}`,
+  );
+  need(
+    isUint(flags) && (flags & ~3) === 0,
+    `bad frame flags ${flags}, expected 0..3`,
+  );
+  need(
+    type === FrameType.PATCH || type === FrameType.COMMIT,
+    `unknown frame type ${type}, expected 1 or 2`,
+  );
+  need(
+    isUint(epoch),
+    `bad frame epoch ${epoch}, expected a non-negative integer`,
+  );
   need(typeof imageId === "string", "frame image id must be a string");
   need(body instanceof Uint8Array, "frame body must be binary");
   need(isUint(checksum), "frame checksum must be an unsigned integer");
   const actual = xxh32(body, seedOf(epoch, type, flags));
   need(
     actual === checksum,
-    `frame checksum mismatch for epoch ${epoch} type ${type}: computed ${actual.toString(16)}, frame says ${
-      checksum.toString(16)
-    }`,
+    `frame checksum mismatch for epoch ${epoch} type ${type}: computed ${
+      actual.toString(16)
+    }, frame says ${checksum.toString(16)}`,
   );
   const level = levelFromCode(flags & 3);
   let decoded: unknown;
   try {
     decoded = unpackr.unpack(body);
   } catch (e) {
-    throw new FrameError(`frame body is not valid msgpack: ${(e as Error).message}`);
+    throw new FrameError(
+      `frame body is not valid msgpack: ${(e as Error).message}`,
+    );
   }
-  need(typeof decoded === "object" && decoded !== null, "frame body must be a map");
+  need(
+    typeof decoded === "object" && decoded !== null,
+    "frame body must be a map",
+  );
   if (type === FrameType.PATCH) {
     const b = decoded as PatchBody;
     need(
-      isUint(b.base) && isUint(b.slot) && isUint(b.chunk) && isUint(b.pages) && isUint(b.opsSize) &&
+      isUint(b.base) && isUint(b.slot) && isUint(b.chunk) && isUint(b.pages) &&
+        isUint(b.opsSize) &&
         (b.opsCodec === 0 || b.opsCodec === 1) && b.ops instanceof Uint8Array,
       "patch body must have base, slot, chunk, pages, ops, opsSize and opsCodec 0|1",
     );
@@ -167,13 +220,16 @@ export function decodeFrame(bytes: Uint8Array): Frame {
   }
   const c = decoded as CommitBody;
   need(
-    isUint(c.base) && isUint(c.pageSize) && isUint(c.blockSize) && Array.isArray(c.images),
+    isUint(c.base) && isUint(c.pageSize) && isUint(c.blockSize) &&
+      Array.isArray(c.images),
     "commit body must have base, pageSize, blockSize and images",
   );
   for (const image of c.images) {
     need(
-      typeof image === "object" && image !== null && typeof image.id === "string" && isUint(image.size) &&
-        isUint(image.chunks) && isUint(image.digestLo) && isUint(image.digestHi),
+      typeof image === "object" && image !== null &&
+        typeof image.id === "string" && isUint(image.size) &&
+        isUint(image.chunks) && isUint(image.digestLo) &&
+        isUint(image.digestHi),
       "commit image entries need id, size, chunks, digestLo and digestHi",
     );
   }

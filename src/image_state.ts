@@ -39,14 +39,20 @@ export class ImageState {
     initial?: Uint8Array,
   ) {
     if (!Number.isSafeInteger(size) || size < 0) {
-      throw new RangeError(`image "${id}": size must be a non-negative integer, got ${size}`);
+      throw new RangeError(
+        `image "${id}": size must be a non-negative integer, got ${size}`,
+      );
     }
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(id) || id === "." || id === "..") {
-      throw new RangeError(`image id "${id}" must be 1-128 characters of A-Z a-z 0-9 . _ -`);
+      throw new RangeError(
+        `image id "${id}" must be 1-128 characters of A-Z a-z 0-9 . _ -`,
+      );
     }
     const blockSize = hasher.blockSize;
     if (PAGE_SIZE % blockSize !== 0) {
-      throw new RangeError(`block size ${blockSize} must divide the page size ${PAGE_SIZE}`);
+      throw new RangeError(
+        `block size ${blockSize} must divide the page size ${PAGE_SIZE}`,
+      );
     }
     this.pages = Math.ceil(size / PAGE_SIZE);
     this.blocks = hasher.blockCount(size);
@@ -56,7 +62,9 @@ export class ImageState {
     this.hashes = new Uint32Array(2 * this.blocks);
     if (initial) {
       if (initial.length !== size) {
-        throw new RangeError(`image "${id}": initial contents are ${initial.length} bytes, expected ${size}`);
+        throw new RangeError(
+          `image "${id}": initial contents are ${initial.length} bytes, expected ${size}`,
+        );
       }
       this.committed.set(initial);
     }

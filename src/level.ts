@@ -30,14 +30,30 @@ export interface LevelParams {
 /** The parameters of a level. */
 export function levelParams(level: Level): LevelParams {
   return level === "fast"
-    ? { zstdLevel: 1, lzLevel: 1, lzThreshold: Infinity, blockLookups: false, similarCandidates: 1, pageLookups: 6 }
-    : { zstdLevel: 9, lzLevel: 9, lzThreshold: 48, blockLookups: true, similarCandidates: 3, pageLookups: 64 };
+    ? {
+      zstdLevel: 1,
+      lzLevel: 1,
+      lzThreshold: Infinity,
+      blockLookups: false,
+      similarCandidates: 1,
+      pageLookups: 6,
+    }
+    : {
+      zstdLevel: 9,
+      lzLevel: 9,
+      lzThreshold: 48,
+      blockLookups: true,
+      similarCandidates: 3,
+      pageLookups: 64,
+    };
 }
 
 /** Parses a level name, with an error that lists the valid ones. */
 export function parseLevel(text: string): Level {
   if (text === "fast" || text === "max") return text;
-  throw new RangeError(`unknown codec level "${text}", expected one of: ${LEVELS.join(", ")}`);
+  throw new RangeError(
+    `unknown codec level "${text}", expected one of: ${LEVELS.join(", ")}`,
+  );
 }
 
 /** Level → 2-bit frame flag. */
@@ -49,5 +65,7 @@ export function levelCode(level: Level): number {
 export function levelFromCode(code: number): Level {
   if (code === 0) return "fast";
   if (code === 1) return "max";
-  throw new RangeError(`unknown codec level code ${code}, expected 0 (fast) or 1 (max)`);
+  throw new RangeError(
+    `unknown codec level code ${code}, expected 0 (fast) or 1 (max)`,
+  );
 }

@@ -72,7 +72,15 @@ export class PageEncoder {
     readonly zeroHash: { lo: number; hi: number },
   ) {}
 
-  #offer(buf: Uint8Array, len: number, kind: number, refKind: number, refSlot: number, refPage: number, shared: number) {
+  #offer(
+    buf: Uint8Array,
+    len: number,
+    kind: number,
+    refKind: number,
+    refSlot: number,
+    refPage: number,
+    shared: number,
+  ) {
     if (len >= this.#bestLen) return;
     // Swap buffers so the winner keeps its bytes and the loser's buffer becomes scratch.
     if (buf === this.#trial) {
@@ -124,11 +132,23 @@ export class PageEncoder {
     let zeroBlocks = 0;
     let dirtyBlocks = 0;
     for (let b = firstBlock; b < blockEnd; b++) {
-      if (hashes[2 * b] === zeroLo && hashes[2 * b + 1] === zeroHi) zeroBlocks++;
+      if (hashes[2 * b] === zeroLo && hashes[2 * b + 1] === zeroHi) {
+        zeroBlocks++;
+      }
       if ((dirty[b >>> 5] >>> (b & 31)) & 1) dirtyBlocks++;
     }
     if (zeroBlocks === blockEnd - firstBlock && isZero(curWords, cw, WORDS)) {
-      return this.#emit(out, pageDelta, OpKind.ZERO, this.#best, 0, -1, -1, -1, 0);
+      return this.#emit(
+        out,
+        pageDelta,
+        OpKind.ZERO,
+        this.#best,
+        0,
+        -1,
+        -1,
+        -1,
+        0,
+      );
     }
 
     // BLOCKS: the dirty blocks only, each XOR vs same address or shared.
@@ -146,7 +166,13 @@ export class PageEncoder {
         t[k >>> 3] |= 1 << (k & 7);
         const lo = hashes[2 * b], hi = hashes[2 * b + 1];
         if (lookups && this.index.isIndexed(lo, hi)) {
-          const id = this.index.find(lo, hi, cur, curOff + k * bs, this.index.idOf(slot, b));
+          const id = this.index.find(
+            lo,
+            hi,
+            cur,
+            curOff + k * bs,
+            this.index.idOf(slot, b),
+          );
           if (id >= 0) {
             t[pos++] = BlockOpKind.SHARED;
             const s2 = this.index.slotOf(id);
@@ -159,18 +185,39 @@ export class PageEncoder {
         t[pos++] = BlockOpKind.XOR;
         // Length first: encode after a 2-byte gap, then move if the varint is shorter.
         const start = pos + 2;
-        const end = encodeXorZeroRun(curWords, cw + k * wpb, image.words, refWord + k * wpb, wpb, t, start, SCRATCH);
+        const end = encodeXorZeroRun(
+          curWords,
+          cw + k * wpb,
+          image.words,
+          refWord + k * wpb,
+          wpb,
+          t,
+          start,
+          SCRATCH,
+        );
         if (end < 0) {
           fits = false;
           break;
         }
         pos = placeLength(t, pos, start, end);
       }
-      if (fits) this.#offer(t, pos, OpKind.BLOCKS, RefKind.SAME, slot, page, shared);
+      if (fits) {
+        this.#offer(t, pos, OpKind.BLOCKS, RefKind.SAME, slot, page, shared);
+      }
     }
 
     // XOR against the whole same-address page (no per-block framing): worth it when much changed.
-    if (dirtyBlocks * 4 > bpp) this.#tryXor(curWords, cw, image.words, refWord, RefKind.SAME, slot, page);
+    if (dirtyBlocks * 4 > bpp) {
+      this.#tryXor(
+        curWords,
+        cw,
+        image.words,
+        refWord,
+        RefKind.SAME,
+        slot,
+        page,
+      );
+    }
 
     // Similar or identical page elsewhere, through the content index.
     if (this.#bestLen > 8) {
@@ -178,23 +225,43 @@ export class PageEncoder {
       let budget = this.params.pageLookups;
       let lastSlot = -1, lastPage = -1;
       const maxTries = this.params.similarCandidates;
-      for (let b = firstBlock; b < blockEnd && tried < maxTries && budget > 0; b++) {
+      for (
+        let b = firstBlock;
+        b < blockEnd && tried < maxTries && budget > 0;
+        b++
+      ) {
         const lo = hashes[2 * b], hi = hashes[2 * b + 1];
         if (!this.index.isIndexed(lo, hi)) continue;
         budget--;
         const k = b - firstBlock;
-        const id = this.index.find(lo, hi, cur, curOff + k * bs, this.index.idOf(slot, b));
+        const id = this.index.find(
+          lo,
+          hi,
+          cur,
+          curOff + k * bs,
+          this.index.idOf(slot, b),
+        );
         if (id < 0) continue;
         const s2 = this.index.slotOf(id);
         const b2 = id - this.index.idOf(s2, 0);
         const other = this.images[s2];
         if (b2 % other.blocksPerPage !== k) continue; // found at another offset: not a page match
         const p2 = (b2 / other.blocksPerPage) | 0;
-        if ((s2 === slot && p2 === page) || (s2 === lastSlot && p2 === lastPage)) continue;
+        if (
+          (s2 === slot && p2 === page) || (s2 === lastSlot && p2 === lastPage)
+        ) continue;
         lastSlot = s2;
         lastPage = p2;
         tried++;
-        const len = this.#tryXor(curWords, cw, other.words, p2 * WORDS, RefKind.OTHER, s2, p2);
+        const len = this.#tryXor(
+          curWords,
+          cw,
+          other.words,
+          p2 * WORDS,
+          RefKind.OTHER,
+          s2,
+          p2,
+        );
         if (len === 0) break; // identical: COPY, nothing can beat it
       }
     }
@@ -211,23 +278,46 @@ export class PageEncoder {
     }
 
     // LZ with the reference page as prefix (max): catches shifted content.
-    if (this.zstd && this.#bestLen > this.params.lzThreshold && this.#bestKind !== OpKind.COPY) {
-      const refSlot = this.#bestRefKind === RefKind.OTHER ? this.#bestRefSlot : slot;
-      const refPage = this.#bestRefKind === RefKind.OTHER ? this.#bestRefPage : page;
+    if (
+      this.zstd && this.#bestLen > this.params.lzThreshold &&
+      this.#bestKind !== OpKind.COPY
+    ) {
+      const refSlot = this.#bestRefKind === RefKind.OTHER
+        ? this.#bestRefSlot
+        : slot;
+      const refPage = this.#bestRefKind === RefKind.OTHER
+        ? this.#bestRefPage
+        : page;
       const prefix = this.#bestRefKind === RefKind.ZERO
         ? this.#zeroPage
-        : this.images[refSlot].committed.subarray(refPage * PAGE_SIZE, (refPage + 1) * PAGE_SIZE);
+        : this.images[refSlot].committed.subarray(
+          refPage * PAGE_SIZE,
+          (refPage + 1) * PAGE_SIZE,
+        );
       const curPage = cur.subarray(curOff, curOff + PAGE_SIZE);
       const level = this.params.lzLevel;
-      const lzSize = this.zstd.compressInto(curPage, this.#trial, 0, { level, prefix, checksum: false });
-      const bestSize = this.zstd.compressInto(this.#best.subarray(0, this.#bestLen), this.#trial, 0, {
+      const lzSize = this.zstd.compressInto(curPage, this.#trial, 0, {
         level,
+        prefix,
         checksum: false,
       });
+      const bestSize = this.zstd.compressInto(
+        this.#best.subarray(0, this.#bestLen),
+        this.#trial,
+        0,
+        {
+          level,
+          checksum: false,
+        },
+      );
       if (lzSize + 4 < bestSize) {
         const isZeroRef = this.#bestRefKind === RefKind.ZERO;
         this.#bestKind = OpKind.LZ;
-        this.#bestRefKind = isZeroRef ? RefKind.ZERO : refSlot === slot && refPage === page ? RefKind.SAME : RefKind.OTHER;
+        this.#bestRefKind = isZeroRef
+          ? RefKind.ZERO
+          : refSlot === slot && refPage === page
+          ? RefKind.SAME
+          : RefKind.OTHER;
         this.#bestRefSlot = isZeroRef ? -1 : refSlot;
         this.#bestRefPage = isZeroRef ? -1 : refPage;
         this.#bestLen = 0;
@@ -259,11 +349,28 @@ export class PageEncoder {
     refPage: number,
   ): number {
     const t = this.#trial;
-    const end = encodeXorZeroRun(curWords, cw, refWords, rw, WORDS, t, 4, SCRATCH);
+    const end = encodeXorZeroRun(
+      curWords,
+      cw,
+      refWords,
+      rw,
+      WORDS,
+      t,
+      4,
+      SCRATCH,
+    );
     if (end < 0) return -1;
     const len = end - 4;
     if (len === 0 && refKind !== RefKind.SAME) {
-      this.#offer(t, 0, refKind === RefKind.ZERO ? OpKind.ZERO : OpKind.COPY, refKind, refSlot, refPage, 0);
+      this.#offer(
+        t,
+        0,
+        refKind === RefKind.ZERO ? OpKind.ZERO : OpKind.COPY,
+        refKind,
+        refSlot,
+        refPage,
+        0,
+      );
       return 0;
     }
     const pos = placeLength(t, 0, 4, end);
@@ -313,7 +420,9 @@ export class PageEncoder {
 
 /** True if `words[from..from+n)` are all zero. */
 export function isZero(words: Uint32Array, from: number, n: number): boolean {
-  for (let i = from, end = from + n; i < end; i++) if (words[i] !== 0) return false;
+  for (let i = from, end = from + n; i < end; i++) {
+    if (words[i] !== 0) return false;
+  }
   return true;
 }
 
@@ -321,7 +430,12 @@ export function isZero(words: Uint32Array, from: number, n: number): boolean {
  * The xzrle bytes were written at `start..end`; writes their length as a
  * uvarint at `pos` and moves them right behind it. Returns the new end.
  */
-function placeLength(t: Uint8Array, pos: number, start: number, end: number): number {
+function placeLength(
+  t: Uint8Array,
+  pos: number,
+  start: number,
+  end: number,
+): number {
   const len = end - start;
   const after = writeUvarint(t, pos, len);
   if (after !== start) t.copyWithin(after, start, end);

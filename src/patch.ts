@@ -33,12 +33,26 @@
  */
 
 /** Op kinds. */
-export const OpKind = { ZERO: 0, COPY: 1, XOR: 2, BLOCKS: 3, LITERAL: 4, LZ: 5 } as const;
+export const OpKind = {
+  ZERO: 0,
+  COPY: 1,
+  XOR: 2,
+  BLOCKS: 3,
+  LITERAL: 4,
+  LZ: 5,
+} as const;
 /** An op kind number. */
 export type OpKind = typeof OpKind[keyof typeof OpKind];
 
 /** Op kind names, indexed by kind, for stats. */
-export const OP_NAMES = ["zero", "copy", "xor", "blocks", "literal", "lz"] as const;
+export const OP_NAMES = [
+  "zero",
+  "copy",
+  "xor",
+  "blocks",
+  "literal",
+  "lz",
+] as const;
 
 /** Reference kinds. */
 export const RefKind = { SAME: 0, OTHER: 1, ZERO: 2 } as const;

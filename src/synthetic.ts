@@ -81,8 +81,12 @@ export class SyntheticWorkload {
   constructor(options: SyntheticOptions = {}) {
     const n = options.images ?? 2;
     const size = options.size ?? 8 << 20;
-    if (!Number.isInteger(n) || n < 1) throw new RangeError(`synthetic images must be >= 1, got ${n}`);
-    if (!Number.isInteger(size) || size < 1) throw new RangeError(`synthetic size must be >= 1 byte, got ${size}`);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new RangeError(`synthetic images must be >= 1, got ${n}`);
+    }
+    if (!Number.isInteger(size) || size < 1) {
+      throw new RangeError(`synthetic size must be >= 1 byte, got ${size}`);
+    }
     this.rng = new Rng(options.seed ?? 1);
     this.dirtyFraction = options.dirtyFraction ?? 0.02;
     this.specs = Array.from({ length: n }, (_, i) => ({ id: `img${i}`, size }));
@@ -115,7 +119,9 @@ export class SyntheticWorkload {
         let p = off;
         while (p < end) {
           const w = WORDS[rng.int(WORDS.length)] + " ";
-          for (let i = 0; i < w.length && p < end; i++) image[p++] = w.charCodeAt(i);
+          for (let i = 0; i < w.length && p < end; i++) {
+            image[p++] = w.charCodeAt(i);
+          }
         }
       } else if (kind < 8) {
         // Pointers into a heap: high bytes shared, low bytes vary.
@@ -125,7 +131,9 @@ export class SyntheticWorkload {
           view.setUint32(p + 4, 0x5555, true);
         }
       } else if (kind < 9) {
-        for (let p = off; p + 4 <= end; p += 4) view.setUint32(p, (p - off) >>> 2, true);
+        for (let p = off; p + 4 <= end; p += 4) {
+          view.setUint32(p, (p - off) >>> 2, true);
+        }
       } else {
         rng.fill(image.subarray(off, end));
       }
@@ -153,7 +161,9 @@ export class SyntheticWorkload {
         const n = 1 + rng.int(8);
         for (let k = 0; k < n; k++) {
           const p = off + (rng.int((end - off) >>> 2) << 2);
-          if (p + 4 <= end) view.setUint32(p, view.getUint32(p, true) + 1 + rng.int(300), true);
+          if (p + 4 <= end) {
+            view.setUint32(p, view.getUint32(p, true) + 1 + rng.int(300), true);
+          }
         }
       } else if (r < 60) {
         // Page copy from elsewhere (page cache, fork, dedup-able).
@@ -196,13 +206,17 @@ export function parseSyntheticSpec(spec: string): SyntheticOptions {
   if (spec.trim() === "") return options;
   for (const part of spec.split(",")) {
     const [key, value] = part.split("=");
-    if (value === undefined) throw new RangeError(`synthetic option "${part}" must be key=value`);
+    if (value === undefined) {
+      throw new RangeError(`synthetic option "${part}" must be key=value`);
+    }
     const num = parseSize(value, key);
     if (key === "images") options.images = num;
     else if (key === "size") options.size = num;
     else if (key === "seed") options.seed = num;
     else if (key === "dirty") options.dirtyFraction = num;
-    else throw new RangeError(`unknown synthetic option "${key}", expected images, size, seed or dirty`);
+    else {throw new RangeError(
+        `unknown synthetic option "${key}", expected images, size, seed or dirty`,
+      );}
   }
   return options;
 }
@@ -210,8 +224,18 @@ export function parseSyntheticSpec(spec: string): SyntheticOptions {
 /** Parses `123`, `4K`, `8M`, `1G` (binary units). */
 export function parseSize(text: string, what: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMG]i?B?)?$/i.exec(text.trim());
-  if (!m) throw new RangeError(`${what}: "${text}" is not a number (units K, M, G allowed)`);
+  if (!m) {
+    throw new RangeError(
+      `${what}: "${text}" is not a number (units K, M, G allowed)`,
+    );
+  }
   const unit = (m[2] ?? "").toUpperCase()[0];
-  const scale = unit === "K" ? 1024 : unit === "M" ? 1 << 20 : unit === "G" ? 1 << 30 : 1;
+  const scale = unit === "K"
+    ? 1024
+    : unit === "M"
+    ? 1 << 20
+    : unit === "G"
+    ? 1 << 30
+    : 1;
   return Number(m[1]) * scale;
 }

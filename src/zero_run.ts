@@ -87,21 +87,28 @@ export function applyXorZeroRun(
     i += reader.uvarint("zero-run length");
     const count = reader.uvarint("changed-word count");
     if (count === 0) {
-      throw new RangeError(`malformed patch: empty changed run at byte ${reader.pos}`);
+      throw new RangeError(
+        `malformed patch: empty changed run at byte ${reader.pos}`,
+      );
     }
     if (i + count > words) {
       throw new RangeError(
-        `malformed patch: xor run reaches word ${i + count}, section has ${words} words`,
+        `malformed patch: xor run reaches word ${
+          i + count
+        }, section has ${words} words`,
       );
     }
     let pos = reader.pos;
     if (pos + count * 4 > end) {
       throw new RangeError(
-        `truncated patch: ${count} changed words need ${count * 4} bytes at byte ${pos}, only ${end - pos} left`,
+        `truncated patch: ${count} changed words need ${
+          count * 4
+        } bytes at byte ${pos}, only ${end - pos} left`,
       );
     }
     for (let k = 0; k < count; k++) {
-      dst[dstWord + i + k] ^= bytes[pos] | (bytes[pos + 1] << 8) | (bytes[pos + 2] << 16) |
+      dst[dstWord + i + k] ^= bytes[pos] | (bytes[pos + 1] << 8) |
+        (bytes[pos + 2] << 16) |
         (bytes[pos + 3] << 24);
       pos += 4;
     }

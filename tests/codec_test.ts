@@ -1,34 +1,352 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { EpochEncoder } from "../src/encoder.ts";
-import { EpochDecoder } from "../src/decoder.ts";
-import { SyntheticWorkload } from "../src/synthetic.ts";
+import { EpochEncoder, type EpochStats } from "../src/encoder.ts";
+import { DecodeError, EpochDecoder } from "../src/decoder.ts";
+import { Rng, SyntheticWorkload } from "../src/synthetic.ts";
+import { decodeFrame, encodeFrame, FrameType } from "../src/frame.ts";
+import { bytesEqual } from "../src/replay.ts";
 import type { Level } from "../src/level.ts";
 
-function roundTrip(level: Level, size: number, epochs: number, seed: number) {
-  const w = new SyntheticWorkload({ seed, images: 2, size, dirtyFraction: 0.05 });
-  const enc = new EpochEncoder(w.specs, { level });
-  const dec = new EpochDecoder(w.specs);
-  let wire = 0;
-  for (let e = 0; e < epochs; e++) {
-    if (e > 0) w.step();
-    const { frames, stats } = enc.encode(w.images);
-    const applied = dec.applyEpoch(frames);
-    assertEquals(applied.epoch, e + 1);
-    wire += stats.wireBytes;
-    for (let i = 0; i < w.images.length; i++) {
-      const got = dec.images[i].committed.subarray(0, size);
-      assert(got.every((b, k) => b === w.images[i][k]), `image ${i} differs at epoch ${e + 1}`);
-    }
+const PAGE = 4096;
+
+/** An encoder and a receiver over the same images, checked after every epoch. */
+class Pair {
+  encoder: EpochEncoder;
+  decoder: EpochDecoder;
+  images: Uint8Array[];
+  constructor(
+    sizes: number[],
+    level: Level = "fast",
+    options: { indexKeyMask?: number } = {},
+  ) {
+    const specs = sizes.map((size, i) => ({ id: `img${i}`, size }));
+    this.images = sizes.map((s) => new Uint8Array(s));
+    this.encoder = new EpochEncoder(specs, { level, ...options });
+    this.decoder = new EpochDecoder(specs);
   }
-  enc.close();
-  dec.close();
-  return wire;
+  epoch(): EpochStats {
+    const { frames, stats } = this.encoder.encode(this.images);
+    this.decoder.applyEpoch(frames);
+    this.images.forEach((image, i) => {
+      const got = this.decoder.images[i].committed.subarray(0, image.length);
+      assert(
+        bytesEqual(got, image),
+        `image ${i} differs after epoch ${stats.epoch}`,
+      );
+    });
+    return stats;
+  }
+  close() {
+    this.encoder.close();
+    this.decoder.close();
+  }
 }
 
-Deno.test("fast level round-trips a synthetic multi-image workload", () => {
-  roundTrip("fast", (1 << 20) + 123, 6, 1);
+function fillRandom(rng: Rng, bytes: Uint8Array) {
+  rng.fill(bytes);
+}
+
+for (const level of ["fast", "max"] as Level[]) {
+  Deno.test(`${level}: a synthetic multi-image workload round-trips for 8 epochs`, () => {
+    const w = new SyntheticWorkload({
+      seed: 3,
+      images: 2,
+      size: (1 << 20) + 4096 * 3 + 7,
+      dirtyFraction: 0.05,
+    });
+    const enc = new EpochEncoder(w.specs, { level });
+    const dec = new EpochDecoder(w.specs);
+    for (let e = 0; e < 8; e++) {
+      if (e > 0) w.step();
+      const applied = dec.applyEpoch(enc.encode(w.images).frames);
+      assertEquals(applied.epoch, e + 1);
+      w.images.forEach((img, i) =>
+        assert(bytesEqual(dec.images[i].committed.subarray(0, img.length), img))
+      );
+    }
+    enc.close();
+    dec.close();
+  });
+
+  Deno.test(`${level}: random mutations, zeroed pages and everything changed`, () => {
+    const rng = new Rng(11);
+    const p = new Pair([64 * PAGE], level);
+    fillRandom(rng, p.images[0]);
+    p.epoch();
+    for (let k = 0; k < 200; k++) {
+      p.images[0][rng.int(p.images[0].length)] ^= 1 + rng.int(255);
+    }
+    assert(p.epoch().dirtyPages > 0);
+    p.images[0].fill(0, 5 * PAGE, 9 * PAGE);
+    const zeroed = p.epoch();
+    assertEquals(zeroed.ops.zero, 4, "zeroed pages are sent as ZERO ops");
+    fillRandom(rng, p.images[0]);
+    assertEquals(p.epoch().dirtyPages, 64, "everything changed");
+    p.close();
+  });
+
+  Deno.test(`${level}: an epoch without changes is tiny and still verified`, () => {
+    const rng = new Rng(5);
+    const p = new Pair([16 * PAGE], level);
+    fillRandom(rng, p.images[0]);
+    p.epoch();
+    const empty = p.epoch();
+    assertEquals(empty.dirtyPages, 0);
+    assert(
+      empty.wireBytes < 200,
+      `an empty epoch costs ${empty.wireBytes} bytes`,
+    );
+    p.close();
+  });
+
+  Deno.test(`${level}: moved and copied pages are sent as references, not data`, () => {
+    const rng = new Rng(7);
+    const p = new Pair([128 * PAGE], level);
+    fillRandom(rng, p.images[0]);
+    p.epoch();
+    const img = p.images[0];
+    img.copyWithin(100 * PAGE, 10 * PAGE, 14 * PAGE); // copy 4 pages
+    img.copyWithin(50 * PAGE, 20 * PAGE, 21 * PAGE); // move 1 page
+    img.fill(0, 20 * PAGE, 21 * PAGE);
+    const s = p.epoch();
+    assertEquals(s.ops.copy, 5, "4 copied + 1 moved page are COPY ops");
+    assertEquals(s.ops.zero, 1, "the moved page's old place is ZERO");
+    assert(
+      s.wireBytes < 600,
+      `moved/copied pages cost ${s.wireBytes} bytes on the wire`,
+    );
+    p.close();
+  });
+
+  Deno.test(`${level}: image sizes that are not a multiple of 4096`, () => {
+    const rng = new Rng(9);
+    for (const size of [1, 63, 4095, 4097, 3 * PAGE + 100]) {
+      const p = new Pair([size, size + 13], level);
+      p.images.forEach((i) => fillRandom(rng, i));
+      p.epoch();
+      p.images.forEach((i) => i[i.length - 1] ^= 0xff);
+      p.epoch();
+      p.images[0].fill(0);
+      p.epoch();
+      p.close();
+    }
+  });
+}
+
+Deno.test("content shifted inside pages by a few bytes: max beats fast by a wide margin", () => {
+  const rng = new Rng(13);
+  const sizes = [64 * PAGE];
+  const fast = new Pair(sizes, "fast");
+  const max = new Pair(sizes, "max");
+  // Text-like, compressible but not trivially: words from a small vocabulary.
+  const words = [
+    "alpha ",
+    "beta ",
+    "gamma ",
+    "delta ",
+    "epsilon ",
+    "zeta ",
+    "eta ",
+    "theta ",
+  ];
+  const base = new Uint8Array(sizes[0]);
+  for (let i = 0; i < base.length;) {
+    const w = words[rng.int(words.length)] + rng.u32().toString(36);
+    for (let k = 0; k < w.length && i < base.length; k++) {
+      base[i++] = w.charCodeAt(k);
+    }
+  }
+  for (const p of [fast, max]) {
+    p.images[0].set(base);
+    p.epoch();
+  }
+  let fastWire = 0, maxWire = 0;
+  for (let e = 0; e < 3; e++) {
+    // Compaction: in every page, the tail moves left by 1..16 bytes.
+    for (let page = 0; page < 64; page++) {
+      const shift = 1 + rng.int(16), from = page * PAGE + rng.int(2048);
+      base.copyWithin(from, from + shift, (page + 1) * PAGE);
+    }
+    fast.images[0].set(base);
+    max.images[0].set(base);
+    fastWire += fast.epoch().wireBytes;
+    const s = max.epoch();
+    maxWire += s.wireBytes;
+    assert(s.ops.lz > 0, "max uses LZ with the reference page as prefix");
+  }
+  assert(
+    maxWire * 3 < fastWire,
+    `max ${maxWire} B should be < 1/3 of fast ${fastWire} B on shifted content`,
+  );
+  fast.close();
+  max.close();
 });
 
-Deno.test("max level round-trips a synthetic multi-image workload", () => {
-  roundTrip("max", (1 << 20) + 4096 * 3 + 7, 6, 2);
+Deno.test("cross-image sharing: a page another image already holds costs a reference", () => {
+  const rng = new Rng(17);
+  const shared = new Pair([64 * PAGE, 64 * PAGE], "fast");
+  fillRandom(rng, shared.images[0]);
+  fillRandom(rng, shared.images[1]);
+  shared.epoch();
+  // Image 1 gets 16 pages of image 0 (two guests loading the same kernel).
+  shared.images[1].set(shared.images[0].subarray(0, 16 * PAGE), 32 * PAGE);
+  const s = shared.epoch();
+  assertEquals(
+    s.refs.other,
+    16,
+    "every copied page references the other image",
+  );
+  assertEquals(s.ops.copy, 16);
+  assert(s.wireBytes < 16 * PAGE / 50, `16 shared pages cost ${s.wireBytes} B`);
+  shared.close();
+});
+
+Deno.test("identical 64-byte blocks anywhere are shared by reference at max", () => {
+  const rng = new Rng(19);
+  const p = new Pair([64 * PAGE], "max");
+  fillRandom(rng, p.images[0]);
+  p.epoch();
+  // Scatter 64-byte blocks copied from far away (aligned) into several pages.
+  for (let k = 0; k < 40; k++) {
+    const src = rng.int(1024) * 64, dst = (2048 + rng.int(1024)) * 64;
+    p.images[0].copyWithin(dst, src, src + 64);
+  }
+  const s = p.epoch();
+  assert(
+    s.sharedBlocks > 20,
+    `expected most copied blocks shared, got ${s.sharedBlocks}`,
+  );
+  p.close();
+});
+
+Deno.test("forced hash collisions in the content index never corrupt the receiver", () => {
+  const w = new SyntheticWorkload({
+    seed: 21,
+    images: 2,
+    size: 256 * PAGE,
+    dirtyFraction: 0.1,
+  });
+  for (const level of ["fast", "max"] as Level[]) {
+    // A 4-bit key: almost every lookup meets colliding entries.
+    const enc = new EpochEncoder(w.specs, {
+      level,
+      indexKeyMask: 0xf,
+      indexSampling: 1,
+    });
+    const dec = new EpochDecoder(w.specs);
+    for (let e = 0; e < 6; e++) {
+      w.step();
+      dec.applyEpoch(enc.encode(w.images).frames);
+      w.images.forEach((img, i) =>
+        assert(bytesEqual(dec.images[i].committed.subarray(0, img.length), img))
+      );
+    }
+    assert(
+      enc.index.counters.rejected > 0,
+      "collisions were met and rejected by the bitwise check",
+    );
+    enc.close();
+    dec.close();
+  }
+});
+
+function expectReject(dec: EpochDecoder, frames: Uint8Array[], needle: string) {
+  const before = dec.images.map((i) => i.committed.slice());
+  const epoch = dec.epoch;
+  let message = "";
+  try {
+    dec.applyEpoch(frames);
+  } catch (e) {
+    assert(e instanceof DecodeError, `expected DecodeError, got ${e}`);
+    message = e.message;
+  }
+  assert(
+    message.includes(needle),
+    `error "${message}" should mention "${needle}"`,
+  );
+  assertEquals(dec.epoch, epoch, "epoch unchanged");
+  dec.images.forEach((image, i) =>
+    assert(bytesEqual(image.committed, before[i]), "image untouched")
+  );
+}
+
+Deno.test("a corrupted, truncated, missing or replayed frame rejects the epoch and leaves images untouched", () => {
+  const w = new SyntheticWorkload({
+    seed: 23,
+    images: 2,
+    size: 128 * PAGE,
+    dirtyFraction: 0.2,
+  });
+  const enc = new EpochEncoder(w.specs, { level: "fast" });
+  const dec = new EpochDecoder(w.specs);
+  dec.applyEpoch(enc.encode(w.images).frames);
+  w.step();
+  const { frames } = enc.encode(w.images);
+  assert(frames.length >= 3, "two patch frames and a commit");
+  // One flipped byte in the middle of a patch frame.
+  const flipped = frames.map((f) => new Uint8Array(f));
+  flipped[0][flipped[0].length >> 1] ^= 0x40;
+  expectReject(dec, flipped, "checksum");
+  // Truncated frame.
+  expectReject(dec, [
+    frames[0].subarray(0, frames[0].length - 9),
+    ...frames.slice(1),
+  ], "rejected");
+  // Missing patch frame.
+  expectReject(dec, frames.slice(1), "missing");
+  // The right frames apply after all those failures.
+  dec.applyEpoch(frames);
+  w.images.forEach((img, i) =>
+    assert(bytesEqual(dec.images[i].committed.subarray(0, img.length), img))
+  );
+  // Replaying the same epoch is refused.
+  expectReject(dec, frames, "expected epoch 3");
+  enc.close();
+  dec.close();
+});
+
+Deno.test("a patch that decodes but does not reproduce the primary's digest is rejected", () => {
+  const w = new SyntheticWorkload({
+    seed: 29,
+    images: 1,
+    size: 64 * PAGE,
+    dirtyFraction: 0.2,
+  });
+  const enc = new EpochEncoder(w.specs, { level: "fast" });
+  const dec = new EpochDecoder(w.specs);
+  dec.applyEpoch(enc.encode(w.images).frames);
+  w.step();
+  const { frames } = enc.encode(w.images);
+  // Re-sign a commit whose digest is off by one: a well-formed frame with a wrong promise.
+  const commit = decodeFrame(frames.at(-1)!);
+  assert(commit.type === FrameType.COMMIT);
+  commit.body.images[0].digestLo = (commit.body.images[0].digestLo + 1) >>> 0;
+  const forged = encodeFrame(
+    FrameType.COMMIT,
+    commit.level,
+    commit.epoch,
+    "",
+    commit.body,
+  );
+  expectReject(dec, [...frames.slice(0, -1), forged], "digest mismatch");
+  enc.close();
+  dec.close();
+});
+
+Deno.test("bad frames name what was wrong", () => {
+  const commit = { base: 0, pageSize: 4096, blockSize: 64, images: [] };
+  const good = encodeFrame(FrameType.COMMIT, "max", 1, "", commit);
+  assertEquals(decodeFrame(good).level, "max");
+  const cases: [Uint8Array, string][] = [
+    [new Uint8Array([0x93, 1, 2, 3]), "8-element"],
+    [good.subarray(0, 10), "msgpack"],
+  ];
+  for (const [bytes, needle] of cases) {
+    let message = "";
+    try {
+      decodeFrame(bytes);
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    assert(message.includes(needle), `"${message}" should mention "${needle}"`);
+  }
 });
