@@ -3,11 +3,18 @@
  * committed state of any image of this primary (FGBI's sharing of identical
  * blocks within and across images).
  *
- * It is an open-addressing table of global block ids. Keys are not stored:
- * every candidate in the probe chain is confirmed bitwise against the
- * committed bytes before it is used, so a hash collision can never make a
- * reference to different content. Entries whose block has since changed fail
- * that check and are dropped at the next rebuild.
+ * It is an open-addressing table (linear probing) of global block ids, each
+ * with a 16-bit tag of its hash. An entry whose tag matches is only a
+ * candidate: it is confirmed bitwise against the committed bytes before it
+ * is used, so a hash collision can never make a reference to different
+ * content. The tag is taken at insertion, not from the live hashes array,
+ * because that array already describes this epoch's new contents while a
+ * moved page's source still holds the old ones in committed state.
+ *
+ * Inserting content whose tag is already in its probe chain replaces that
+ * entry (the newer copy is at least as likely to still be committed), so
+ * many copies of one block (allocator patterns, repeated values) occupy one
+ * slot instead of forming a long cluster that every insert would walk.
  *
  * Only *sampled* blocks are indexed (those whose hash has its low
  * `log2(sampling)` bits zero): identical content is sampled identically on
@@ -18,9 +25,9 @@
 
 /** One committed image as the index sees it. */
 export interface IndexedImage {
-  /** Committed contents (what the receiver holds). */
+  /** Committed contents (what the receiver holds), padded to whole pages. */
   readonly committed: Uint8Array;
-  /** Block hashes, 2 u32 per block; may already describe newer content for dirty blocks. */
+  /** Block hashes, 2 u32 per block (used to rebuild the index). */
   readonly hashes: Uint32Array;
   /** Number of blocks. */
   readonly blocks: number;
@@ -55,7 +62,7 @@ function mix(lo: number, hi: number): number {
  *
  * @example
  * ```ts
- * const index = new ContentIndex(images, 64, { sampling: 1 });
+ * const index = new ContentIndex(images, 64, zeroHash, { sampling: 1 });
  * index.rebuild();
  * const id = index.find(lo, hi, bytes, offset); // global block id or -1
  * ```
@@ -67,7 +74,8 @@ export class ContentIndex {
   #images: IndexedImage[];
   #bases: number[] = [];
   #slots: Uint32Array;
-  #inserted = 0;
+  #tags: Uint16Array;
+  #used = 0;
   #zeroLo: number;
   #zeroHi: number;
   #blockSize: number;
@@ -104,13 +112,14 @@ export class ContentIndex {
     if (total >= 0xffffffff) {
       throw new RangeError(`too many blocks for the content index: ${total}`);
     }
-    const capacity = Math.max(1024, Math.ceil((total / sampling) * 1.5));
+    const capacity = Math.max(1024, Math.ceil((total / sampling) * 1.25));
     this.#slots = new Uint32Array(capacity);
+    this.#tags = new Uint16Array(capacity);
   }
 
   /** Bytes of memory the table uses. */
   get byteLength(): number {
-    return this.#slots.byteLength;
+    return this.#slots.byteLength + this.#tags.byteLength;
   }
 
   /** True if a block with this hash is one the index keeps (sampled and not zero). */
@@ -119,38 +128,44 @@ export class ContentIndex {
     return !(lo === this.#zeroLo && hi === this.#zeroHi);
   }
 
-  #home(lo: number, hi: number): number {
-    const key = this.keyMask === -1 ? mix(lo, hi) : mix(lo & this.keyMask, 0);
-    return Math.floor((key * this.#slots.length) / 4294967296);
+  /** Key of a hash (home slot and tag); the test mask weakens it. */
+  #key(lo: number, hi: number): number {
+    return this.keyMask === -1 ? mix(lo, hi) : mix(lo & this.keyMask, 0);
   }
 
-  /** Adds block `block` of image `slot`, whose current hash is (lo, hi). */
+  /** Adds block `block` of image `slot`, whose hash is (lo, hi). */
   insert(slot: number, block: number, lo: number, hi: number): void {
     if (!this.isIndexed(lo, hi)) return;
-    const slots = this.#slots;
+    const slots = this.#slots, tags = this.#tags;
     const n = slots.length;
-    let i = this.#home(lo, hi);
+    const key = this.#key(lo, hi);
+    const tag = key & 0xffff;
+    const entry = this.#bases[slot] + block + 1;
+    let i = Math.floor((key * n) / 4294967296);
     for (let probes = 0; probes < n; probes++) {
       if (slots[i] === EMPTY) {
-        slots[i] = this.#bases[slot] + block + 1;
-        this.#inserted++;
+        slots[i] = entry;
+        tags[i] = tag;
+        this.#used++;
+        return;
+      }
+      if (tags[i] === tag) {
+        slots[i] = entry; // most likely the same content: keep the newest copy
         return;
       }
       if (++i === n) i = 0;
     }
-    // Full table (only with stale entries piling up): start over.
-    this.rebuild();
   }
 
-  /** True when stale entries have accumulated enough that a rebuild pays off. */
+  /** True when the table is full enough that stale entries should be dropped. */
   get needsRebuild(): boolean {
-    return this.#inserted > this.#slots.length * 0.6;
+    return this.#used > this.#slots.length * 0.85;
   }
 
   /** Drops every entry and indexes the current committed state of all images. */
   rebuild(): void {
     this.#slots.fill(EMPTY);
-    this.#inserted = 0;
+    this.#used = 0;
     for (let s = 0; s < this.#images.length; s++) {
       const { hashes, blocks } = this.#images[s];
       for (let b = 0; b < blocks; b++) {
@@ -167,11 +182,6 @@ export class ContentIndex {
     return s;
   }
 
-  /** Block number within its image of a global block id. */
-  blockOf(id: number): number {
-    return id - this.#bases[this.slotOf(id)];
-  }
-
   /** Global block id of block `block` of image `slot`. */
   idOf(slot: number, block: number): number {
     return this.#bases[slot] + block;
@@ -181,6 +191,7 @@ export class ContentIndex {
    * Finds a committed block whose bytes equal `bytes[offset .. offset+blockSize)`
    * (the block hash of which is (lo, hi)), confirmed bitwise. Returns its
    * global block id, or -1. `skipId` excludes one id (the block itself).
+   * `bytes` must have a whole block at `offset` (callers pad the last page).
    */
   find(
     lo: number,
@@ -191,22 +202,22 @@ export class ContentIndex {
   ): number {
     if (!this.isIndexed(lo, hi)) return -1;
     this.counters.lookups++;
-    const slots = this.#slots;
+    const slots = this.#slots, tags = this.#tags;
     const n = slots.length;
-    let i = this.#home(lo, hi);
+    const key = this.#key(lo, hi);
+    const tag = key & 0xffff;
+    let i = Math.floor((key * n) / 4294967296);
     let tried = 0;
     for (let probes = 0; probes < n; probes++) {
       const entry = slots[i];
       if (entry === EMPTY) return -1;
-      const id = entry - 1;
-      const slot = this.slotOf(id);
-      const block = id - this.#bases[slot];
-      const image = this.#images[slot];
-      // No key check against the hashes array: it may already describe this
-      // epoch's new contents, while a move's source still holds the old ones in
-      // committed state. The bitwise check below is the only one that counts.
-      if (id !== skipId && block < image.blocks) {
+      if (tags[i] === tag && entry - 1 !== skipId) {
+        const id = entry - 1;
+        const slot = this.slotOf(id);
+        const block = id - this.#bases[slot];
+        const image = this.#images[slot];
         if (
+          block < image.blocks &&
           this.#sameBytes(
             image.committed,
             block * this.#blockSize,
@@ -232,13 +243,8 @@ export class ContentIndex {
     bOff: number,
   ): boolean {
     const bs = this.#blockSize;
-    // The last block of an image may be short: both sides must have the same real length.
-    const aLen = Math.min(bs, a.length - aOff);
-    const bLen = Math.min(bs, b.length - bOff);
-    if (aLen !== bLen || aLen <= 0) return false;
-    for (let k = 0; k < aLen; k++) {
-      if (a[aOff + k] !== b[bOff + k]) return false;
-    }
+    if (aOff + bs > a.length || bOff + bs > b.length) return false;
+    for (let k = 0; k < bs; k++) if (a[aOff + k] !== b[bOff + k]) return false;
     return true;
   }
 }

@@ -264,10 +264,14 @@ export class EpochDecoder {
       const first = page * image.blocksPerPage;
       const end = Math.min(first + image.blocksPerPage, image.blocks);
       const d = digests[s];
+      const hashes = image.hashes;
       for (let b = first; b < end; b++) {
         const k = 2 * (b - first);
-        d.remove(b, image.hashes[2 * b], image.hashes[2 * b + 1]);
-        d.add(b, fresh[k], fresh[k + 1]);
+        const lo = fresh[k], hi = fresh[k + 1];
+        // Unchanged blocks contribute the same term before and after.
+        if (lo === hashes[2 * b] && hi === hashes[2 * b + 1]) continue;
+        d.remove(b, hashes[2 * b], hashes[2 * b + 1]);
+        d.add(b, lo, hi);
       }
     }
     commit.images.forEach((ci, s) => {

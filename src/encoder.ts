@@ -169,7 +169,7 @@ export class EpochEncoder {
       dirtyPages: new U32List(),
       chunks: 0,
     }));
-    this.#oldHashes = new Uint32Array(2 * (PAGE_SIZE / this.hasher.blockSize));
+    this.#oldHashes = new Uint32Array(2);
   }
 
   /** The last epoch encoded (0 before the first: every image starts all zero). */
@@ -478,30 +478,34 @@ export class EpochEncoder {
   /** Applies the epoch to the model: digests, committed bytes, content index. */
   #commitImage(slot: number, cur: Uint8Array): void {
     const image = this.images[slot];
-    const work = this.#work[slot];
-    const bpp = image.blocksPerPage;
-    const pages = work.dirtyPages.data;
+    const dirty = this.#work[slot].dirty;
     const old = this.#oldHashes;
     const hashes = image.hashes;
-    const dirty = work.dirty;
-    for (let i = 0; i < work.dirtyPages.length; i++) {
-      const page = pages[i];
-      const off = page * PAGE_SIZE;
-      const len = image.pageLength(page);
-      this.hasher.hashAll(image.committed.subarray(off, off + len), old);
-      const first = page * bpp;
-      const end = Math.min(first + bpp, image.blocks);
-      for (let b = first; b < end; b++) {
-        if (((dirty[b >>> 5] >>> (b & 31)) & 1) === 0) continue;
-        const k = 2 * (b - first);
-        image.digest.remove(b, old[k], old[k + 1]);
-        image.digest.add(b, hashes[2 * b], hashes[2 * b + 1]);
-      }
-      image.committed.set(cur.subarray(off, off + len), off);
-      for (let b = first; b < end; b++) {
-        if ((dirty[b >>> 5] >>> (b & 31)) & 1) {
-          this.index.insert(slot, b, hashes[2 * b], hashes[2 * b + 1]);
+    const committed = image.committed;
+    const words = image.words;
+    const bs = this.hasher.blockSize;
+    const wpb = bs >>> 2;
+    const curWords = (cur.byteOffset & 3) === 0
+      ? new Uint32Array(cur.buffer, cur.byteOffset, cur.length >>> 2)
+      : null;
+    // Block by block: most dirty pages change only a few blocks.
+    for (let w = 0; w < dirty.length; w++) {
+      let bits = dirty[w];
+      while (bits !== 0) {
+        const b = (w << 5) + 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        const off = b * bs;
+        hashBlockInto(committed, off, bs, old, 0);
+        image.digest.remove(b, old[0], old[1]);
+        const lo = hashes[2 * b], hi = hashes[2 * b + 1];
+        image.digest.add(b, lo, hi);
+        if (curWords && off + bs <= cur.length) {
+          const cw = off >>> 2;
+          for (let k = 0; k < wpb; k++) words[cw + k] = curWords[cw + k];
+        } else {
+          committed.set(cur.subarray(off, Math.min(off + bs, cur.length)), off);
         }
+        this.index.insert(slot, b, lo, hi);
       }
     }
   }

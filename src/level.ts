@@ -25,6 +25,8 @@ export interface LevelParams {
   similarCandidates: number;
   /** Content-index lookups spent per dirty page looking for a similar page. */
   pageLookups: number;
+  /** Look for a similar page only when the best encoding so far exceeds this many bytes. */
+  similarThreshold: number;
 }
 
 /** The parameters of a level. */
@@ -37,6 +39,7 @@ export function levelParams(level: Level): LevelParams {
       blockLookups: false,
       similarCandidates: 1,
       pageLookups: 6,
+      similarThreshold: 128,
     }
     : {
       zstdLevel: 9,
@@ -45,6 +48,7 @@ export function levelParams(level: Level): LevelParams {
       blockLookups: true,
       similarCandidates: 3,
       pageLookups: 64,
+      similarThreshold: 8,
     };
 }
 

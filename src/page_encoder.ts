@@ -220,7 +220,7 @@ export class PageEncoder {
     }
 
     // Similar or identical page elsewhere, through the content index.
-    if (this.#bestLen > 8) {
+    if (this.#bestLen > this.params.similarThreshold) {
       let tried = 0;
       let budget = this.params.pageLookups;
       let lastSlot = -1, lastPage = -1;

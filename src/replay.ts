@@ -30,6 +30,8 @@ export interface ReplayRow {
   dirtyPageBytes: number;
   wireBytes: number;
   encodeMs: number;
+  /** Part of encodeMs spent in the dirty-detection scan of the whole image. */
+  scanMs: number;
   decodeMs: number;
   verified: boolean;
 }
@@ -44,6 +46,8 @@ export interface ReplayResult {
   dirtyPageBytes: number;
   wireBytes: number;
   encodeMs: number;
+  /** Part of encodeMs spent scanning for dirty blocks. */
+  scanMs: number;
   decodeMs: number;
   /** Wire bytes and time of sending image 0 against the all-zero start. */
   initialWireBytes: number;
@@ -90,6 +94,7 @@ export async function replaySeries(
     dirtyPageBytes: 0,
     wireBytes: 0,
     encodeMs: 0,
+    scanMs: 0,
     decodeMs: 0,
     initialWireBytes: 0,
     initialEncodeMs: 0,
@@ -128,6 +133,7 @@ export async function replaySeries(
         dirtyPageBytes: stats.dirtyPages * 4096,
         wireBytes: stats.wireBytes,
         encodeMs: stats.totalMs,
+        scanMs: stats.scanMs,
         decodeMs: applied.decodeMs + applied.applyMs,
         verified,
       };
@@ -137,6 +143,7 @@ export async function replaySeries(
       result.dirtyPageBytes += row.dirtyPageBytes;
       result.wireBytes += row.wireBytes;
       result.encodeMs += row.encodeMs;
+      result.scanMs += row.scanMs;
       result.decodeMs += row.decodeMs;
       options.onEpoch?.(row);
       if (!verified) {
