@@ -10,7 +10,11 @@
  * @module
  */
 
-import { type BlockHasher, createBlockHasher } from "./hash/block_hash.ts";
+import {
+  type BlockHasher,
+  createBlockHasher,
+  hashBlockInto,
+} from "./hash/block_hash.ts";
 import {
   type CommitBody,
   decodeFrame,
@@ -79,8 +83,12 @@ export class EpochDecoder {
   #pending: Frame[] = [];
   #pendingBytes = 0;
   #staging = new ByteWriter(1 << 20);
-  #stagedSlot = new U32List();
-  #stagedPage = new U32List();
+  // Staged units: a whole page, or one block of a BLOCKS op (most dirty pages
+  // change a few blocks, so staging, hashing and applying stay that small).
+  #unitSlot = new U32List();
+  #unitBlock = new U32List();
+  #unitBlocks = new U32List();
+  #unitPos = new U32List();
   #lzPrefix = new ByteWriter(1 << 16);
   #lzPages = new U32List();
   #stagingWords: Uint32Array = new Uint32Array(0);
@@ -228,10 +236,12 @@ export class EpochDecoder {
       }
     });
 
-    // Stage every page.
+    // Stage every page (or block).
     this.#staging.reset();
-    this.#stagedSlot.clear();
-    this.#stagedPage.clear();
+    this.#unitSlot.clear();
+    this.#unitBlock.clear();
+    this.#unitBlocks.clear();
+    this.#unitPos.clear();
     for (let s = 0; s < this.images.length; s++) {
       let lastPage = -1;
       for (const body of chunks[s]) {
@@ -247,26 +257,29 @@ export class EpochDecoder {
       return d;
     });
     const staged = this.#staging.bytes;
-    const newHashesAll = new Uint32Array(
-      this.#stagedPage.length * 2 * (PAGE_SIZE / this.hasher.blockSize),
-    );
-    const hpp = 2 * (PAGE_SIZE / this.hasher.blockSize);
-    for (let i = 0; i < this.#stagedPage.length; i++) {
-      const s = this.#stagedSlot.data[i];
-      const page = this.#stagedPage.data[i];
-      const image = this.images[s];
-      const len = image.pageLength(page);
-      const fresh = newHashesAll.subarray(i * hpp, (i + 1) * hpp);
-      this.hasher.hashAll(
-        staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len),
-        fresh,
-      );
-      const first = page * image.blocksPerPage;
-      const end = Math.min(first + image.blocksPerPage, image.blocks);
-      const d = digests[s];
+    const bs = this.hasher.blockSize;
+    const units = this.#unitPos.length;
+    const uSlot = this.#unitSlot.data, uBlock = this.#unitBlock.data;
+    const uBlocks = this.#unitBlocks.data, uPos = this.#unitPos.data;
+    let totalBlocks = 0;
+    for (let i = 0; i < units; i++) totalBlocks += uBlocks[i];
+    const fresh = new Uint32Array(2 * totalBlocks);
+    for (let i = 0, h = 0; i < units; i++) {
+      const image = this.images[uSlot[i]];
+      const first = uBlock[i], n = uBlocks[i], pos = uPos[i];
+      h += i > 0 ? 2 * uBlocks[i - 1] : 0;
+      // Bytes past the image end hash as zeros on the primary: make them so.
+      const real = Math.min(n * bs, image.size - first * bs);
+      if (real < n * bs) staged.fill(0, pos + real, pos + n * bs);
+      if (n === 1) hashBlockInto(staged, pos, bs, fresh, h);
+      else {this.hasher.hashAll(
+          staged.subarray(pos, pos + n * bs),
+          fresh.subarray(h, h + 2 * n),
+        );}
+      const end = Math.min(first + n, image.blocks);
+      const d = digests[uSlot[i]];
       const hashes = image.hashes;
-      for (let b = first; b < end; b++) {
-        const k = 2 * (b - first);
+      for (let b = first, k = h; b < end; b++, k += 2) {
         const lo = fresh[k], hi = fresh[k + 1];
         // Unchanged blocks contribute the same term before and after.
         if (lo === hashes[2 * b] && hi === hashes[2 * b + 1]) continue;
@@ -287,26 +300,32 @@ export class EpochDecoder {
     const t1 = performance.now();
 
     // Apply: nothing below can fail.
-    for (let i = 0; i < this.#stagedPage.length; i++) {
-      const s = this.#stagedSlot.data[i];
-      const page = this.#stagedPage.data[i];
-      const image = this.images[s];
-      const len = image.pageLength(page);
-      image.committed.set(
-        staged.subarray(i * PAGE_SIZE, i * PAGE_SIZE + len),
-        page * PAGE_SIZE,
-      );
-      const first = page * image.blocksPerPage;
-      const n = Math.min(image.blocksPerPage, image.blocks - first);
-      image.hashes.set(
-        newHashesAll.subarray(i * hpp, i * hpp + 2 * n),
-        2 * first,
-      );
+    const stagedWords = this.#stagingWordsView();
+    for (let i = 0, h = 0; i < units; i++) {
+      const image = this.images[uSlot[i]];
+      const first = uBlock[i], n = uBlocks[i], pos = uPos[i];
+      h += i > 0 ? 2 * uBlocks[i - 1] : 0;
+      const off = first * bs;
+      const real = Math.min(n * bs, image.size - off);
+      if (real === n * bs) {
+        const words = image.words;
+        for (
+          let k = 0, w = off >>> 2, sw = pos >>> 2, e = real >>> 2;
+          k < e;
+          k++
+        ) {
+          words[w + k] = stagedWords[sw + k];
+        }
+      } else {
+        image.committed.set(staged.subarray(pos, pos + real), off);
+      }
+      const count = Math.min(n, image.blocks - first);
+      image.hashes.set(fresh.subarray(h, h + 2 * count), 2 * first);
     }
     const result: AppliedEpoch = {
       epoch,
       level,
-      pages: this.#stagedPage.length,
+      pages: units,
       wireBytes: this.#pendingBytes,
       digests: {},
       decodeMs: t1 - t0,
@@ -336,6 +355,87 @@ export class EpochDecoder {
       );
     }
     return image.committed.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+  }
+
+  /** Reserves staging room for a unit of `blocks` blocks starting at block `first`; returns its staging offset. */
+  #pushUnit(
+    slot: number,
+    first: number,
+    blocks: number,
+    bytes: number,
+  ): number {
+    const staging = this.#staging;
+    staging.ensure(bytes);
+    const at = staging.pos;
+    staging.pos += bytes;
+    this.#unitSlot.push(slot);
+    this.#unitBlock.push(first);
+    this.#unitBlocks.push(blocks);
+    this.#unitPos.push(at);
+    return at;
+  }
+
+  /** Stages the masked blocks of a BLOCKS op, each as a unit of its own. */
+  #stageBlocks(
+    reader: ByteReader,
+    slot: number,
+    page: number,
+    maskBytes: number,
+    fail: (m: string) => never,
+  ): void {
+    const image = this.images[slot];
+    const bs = this.hasher.blockSize;
+    const wpb = bs >>> 2;
+    const bpp = image.blocksPerPage;
+    const mask = reader.take(maskBytes, "block mask");
+    for (let k = 0; k < bpp; k++) {
+      if (((mask[k >>> 3] >>> (k & 7)) & 1) === 0) continue;
+      const b = page * bpp + k;
+      if (b >= image.blocks) {
+        fail(`block mask of page ${page} names block ${k} past the image end`);
+      }
+      const at = this.#pushUnit(slot, b, 1, bs);
+      const dst = this.#staging.bytes;
+      const dstWords = this.#stagingWordsView();
+      const bk = reader.u8("block op");
+      if (bk === BlockOpKind.XOR) {
+        const len = reader.uvarint("block xor length");
+        const end = reader.pos + len;
+        if (end > reader.end) {
+          fail(`block xor data of page ${page} runs past the op stream`);
+        }
+        const words = image.words;
+        for (let i = 0, w = b * wpb, d = at >>> 2; i < wpb; i++) {
+          dstWords[d + i] = words[w + i];
+        }
+        applyXorZeroRun(reader, end, dstWords, at >>> 2, wpb);
+      } else if (bk === BlockOpKind.SHARED) {
+        const s2 = reader.uvarint("shared block slot");
+        const b2 = reader.uvarint("shared block");
+        if (s2 >= this.images.length) {
+          fail(
+            `shared block from image slot ${s2}, only ${this.images.length}`,
+          );
+        }
+        const other = this.images[s2];
+        if (b2 >= other.blocks) {
+          fail(
+            `shared block ${b2} of image "${other.id}", it has ${other.blocks} blocks`,
+          );
+        }
+        dst.set(other.committed.subarray(b2 * bs, b2 * bs + bs), at);
+      } else {
+        fail(`unknown block op ${bk} in page ${page}, expected 0 or 1`);
+      }
+    }
+  }
+
+  #stagingWordsView(): Uint32Array {
+    const buffer = this.#staging.bytes.buffer;
+    if (this.#stagingWords.buffer !== buffer) {
+      this.#stagingWords = new Uint32Array(buffer);
+    }
+    return this.#stagingWords;
   }
 
   #readRef(
@@ -389,7 +489,6 @@ export class EpochDecoder {
     // Page deltas restart in every chunk; chunks of an image cover increasing pages.
     let page = -1;
     let count = 0;
-    const bs = this.hasher.blockSize;
     const bpp = image.blocksPerPage;
     const maskBytes = bpp >>> 3;
     try {
@@ -407,17 +506,14 @@ export class EpochDecoder {
           );
         }
         count++;
-        staging.ensure(PAGE_SIZE);
-        const at = staging.pos;
-        const dst = staging.bytes;
-        if (this.#stagingWords.buffer !== dst.buffer) {
-          this.#stagingWords = new Uint32Array(dst.buffer);
+        if (kind === OpKind.BLOCKS) {
+          this.#stageBlocks(reader, slot, page, maskBytes, fail);
+          continue;
         }
-        const dstWords = this.#stagingWords;
+        const at = this.#pushUnit(slot, page * bpp, bpp, PAGE_SIZE);
+        const dst = staging.bytes;
+        const dstWords = this.#stagingWordsView();
         const atWord = at >>> 2;
-        this.#stagedSlot.push(slot);
-        this.#stagedPage.push(page);
-        staging.pos += PAGE_SIZE;
         switch (kind) {
           case OpKind.ZERO:
             dst.fill(0, at, at + PAGE_SIZE);
@@ -433,56 +529,6 @@ export class EpochDecoder {
               fail(`xor data of page ${page} runs past the op stream`);
             }
             applyXorZeroRun(reader, end, dstWords, atWord, WORDS);
-            break;
-          }
-          case OpKind.BLOCKS: {
-            dst.set(this.#refPage(slot, page, fail), at);
-            const mask = reader.take(maskBytes, "block mask");
-            for (let k = 0; k < bpp; k++) {
-              if (((mask[k >>> 3] >>> (k & 7)) & 1) === 0) continue;
-              if (page * bpp + k >= image.blocks) {
-                fail(
-                  `block mask of page ${page} names block ${k} past the image end`,
-                );
-              }
-              const bk = reader.u8("block op");
-              if (bk === BlockOpKind.XOR) {
-                const len = reader.uvarint("block xor length");
-                const end = reader.pos + len;
-                if (end > reader.end) {
-                  fail(
-                    `block xor data of page ${page} runs past the op stream`,
-                  );
-                }
-                applyXorZeroRun(
-                  reader,
-                  end,
-                  dstWords,
-                  atWord + k * (bs >>> 2),
-                  bs >>> 2,
-                );
-              } else if (bk === BlockOpKind.SHARED) {
-                const s2 = reader.uvarint("shared block slot");
-                const b2 = reader.uvarint("shared block");
-                if (s2 >= this.images.length) {
-                  fail(
-                    `shared block from image slot ${s2}, only ${this.images.length}`,
-                  );
-                }
-                const other = this.images[s2];
-                if (b2 >= other.blocks) {
-                  fail(
-                    `shared block ${b2} of image "${other.id}", it has ${other.blocks} blocks`,
-                  );
-                }
-                dst.set(
-                  other.committed.subarray(b2 * bs, b2 * bs + bs),
-                  at + k * bs,
-                );
-              } else {
-                fail(`unknown block op ${bk} in page ${page}, expected 0 or 1`);
-              }
-            }
             break;
           }
           case OpKind.LITERAL: {
