@@ -28,3 +28,4 @@ export * from "./src/hash/block_hash.ts";
 export * from "./src/compress/zstd.ts";
 export { ImageState, PAGE_SIZE } from "./src/image_state.ts";
 export { BlockOpKind, OP_NAMES, OpKind, RefKind } from "./src/patch.ts";
+export * from "./src/stream.ts";
