@@ -7,9 +7,13 @@
 //   hi = second fold of the same lanes with its own avalanche.
 // Hashes are stored as [lo0, hi0, lo1, hi1, ...].
 //
-// The JS side copies image chunks into linear memory at `scratchBase()` and
-// calls `hashBlocks` / `scanBlocks`. Four blocks are hashed at once: their
-// lane chains are independent, which hides the i32x4.mul latency, and the
+// Linear memory is imported (`env.memory`): the JS side creates it once at
+// its final size, puts its scratch area and an allocation arena after
+// `scratchBase()` (past all static data), and calls `hashBlocks` /
+// `scanBlocks` either on image chunks copied into scratch or directly on
+// images, hash arrays and dirty bitmaps that live in the arena.
+//
+// Four blocks are hashed at once: their lane chains are independent, which hides the i32x4.mul latency, and the
 // finalisation is done for the four blocks together after a 4x4 transpose.
 //
 // Built by `deno task build:wasm` (tools/build_wasm.ts).
@@ -224,9 +228,9 @@ export function hashBlocks(
 
 /**
  * Compare-and-update scan of `nBlocks` blocks at `src` against the stored
- * hashes at `hashes` (updated in place). Writes one u32 dirty word per 32
- * blocks at `dirty` (bit i = block i changed), overwriting it. Returns the
- * number of dirty blocks.
+ * hashes at `hashes` (updated in place). ORs one u32 dirty word per 32
+ * blocks into `dirty` (bit i = block i changed; bits of clean blocks are
+ * left as they were). Returns the number of dirty blocks.
  */
 export function scanBlocks(
   src: usize,
@@ -253,9 +257,11 @@ export function scanBlocks(
       (diff2(o3, v128.load(hashes, 48)) << 6);
     word |= m << <u32>(i & 31);
     if ((i & 31) == 24) {
-      store<u32>(dirty, word);
-      count += popcnt<u32>(word);
-      word = 0;
+      if (word != 0) {
+        store<u32>(dirty, load<u32>(dirty) | word);
+        count += popcnt<u32>(word);
+        word = 0;
+      }
       dirty += 4;
     }
     src += 8 * b;
@@ -284,8 +290,8 @@ export function scanBlocks(
     src += b;
     hashes += 8;
   }
-  if ((nBlocks & 31) != 0) {
-    store<u32>(dirty, word);
+  if (word != 0) {
+    store<u32>(dirty, load<u32>(dirty) | word);
     count += popcnt<u32>(word);
   }
   return count;

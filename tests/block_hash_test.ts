@@ -303,3 +303,168 @@ Deno.test("wasm chunks are whole groups of 32 blocks", () => {
     assert.equal(core.chunkBlocks % 32, 0, `bs=${bs}`);
   }
 });
+
+/** `n` u32 words allocated from `h`'s arena (throws if it is full). */
+function arenaWords(h: BlockHasher, n: number): Uint32Array {
+  const bytes = h.alloc(4 * n);
+  assert.ok(bytes !== null, `arena full allocating ${4 * n} bytes`);
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, n);
+}
+
+Deno.test("arena: in-place hashAll/scanDirty match ordinary arrays", () => {
+  for (const kind of ["wasm", "ts"] as const) {
+    for (const bs of [16, 64, 4096]) {
+      const lens = [
+        1,
+        3,
+        bs - 1,
+        bs,
+        bs + 5,
+        31 * bs + 2,
+        32 * bs,
+        33 * bs + 7,
+        300 * 1024 + 17,
+        (2 << 20) + 3, // past one wasm chunk
+      ];
+      // Room for every image, hashes and bitmap, plus alignment padding.
+      let need = 0;
+      for (const len of lens) need += len + 12 * Math.ceil(len / bs) + 3 * 64;
+      const h = createBlockHasher({ blockSize: bs, kind, arenaBytes: need });
+      const ref = createBlockHasher({ blockSize: bs, kind });
+      for (const len of lens) {
+        const what = `${kind} bs=${bs} len=${len}`;
+        const n = h.blockCount(len);
+        const data = randomBytes(len, len ^ bs);
+        const image = h.alloc(len);
+        assert.ok(image !== null, what);
+        assert.equal(image.byteOffset % 64, 0, what);
+        image.set(data);
+        const hashes = arenaWords(h, 2 * n);
+        const dirty = arenaWords(h, Math.ceil(n / 32));
+        const refHashes = hashesOf(ref, data);
+        h.hashAll(image, hashes);
+        assert.deepEqual(hashes, refHashes, what);
+
+        // Sparse changes, including the first and the ragged last block.
+        for (const p of new Set([0, len - 1, len >>> 1, len >>> 3])) {
+          image[p] ^= 0xa5;
+          data[p] ^= 0xa5;
+        }
+        const refDirty = new Uint32Array(dirty.length);
+        dirty.fill(0);
+        const c = h.scanDirty(image, hashes, dirty);
+        const cRef = ref.scanDirty(data, refHashes, refDirty);
+        assert.equal(c, cRef, what);
+        assert.ok(c >= 1 && c <= 4, what);
+        assert.deepEqual(dirty, refDirty, what);
+        assert.deepEqual(hashes, refHashes, what);
+        assert.deepEqual(dirtyBits(dirty, n).includes(n - 1), true, what);
+
+        // OR semantics: bits of clean blocks stay set; a rescan is clean.
+        dirty.fill(0xffffffff);
+        assert.equal(h.scanDirty(image, hashes, dirty), 0, what);
+        assert.ok(dirty.every((w) => w === 0xffffffff), what);
+
+        // Mixed: arena image with ordinary hashes/dirty, and the reverse.
+        const plainHashes = hashesOf(ref, data);
+        const plainDirty = new Uint32Array(dirty.length);
+        image[len - 1] ^= 1;
+        assert.equal(h.scanDirty(image, plainHashes, plainDirty), 1, what);
+        assert.deepEqual(dirtyBits(plainDirty, n), [n - 1], what);
+        image[len - 1] ^= 1;
+        dirty.fill(0);
+        assert.equal(h.scanDirty(data, hashes, dirty), 0, what);
+        data[0] ^= 2;
+        assert.equal(h.scanDirty(data, hashes, dirty), 1, what);
+        assert.deepEqual(dirtyBits(dirty, n), [0], what);
+      }
+    }
+  }
+});
+
+Deno.test("arena: tail block ignores the arena bytes past the image", () => {
+  for (const kind of ["wasm", "ts"] as const) {
+    const h = createBlockHasher({ kind, arenaBytes: 1 << 16 });
+    const ref = createBlockHasher({ kind });
+    // Non-zero neighbours right after a ragged image in the same arena.
+    const image = h.alloc(64 * 9 + 3)!;
+    const after = h.alloc(4096)!;
+    after.fill(0xff);
+    image.set(randomBytes(image.length, 77));
+    // A sub-view that ends mid-block with non-zero arena bytes behind it.
+    const inner = image.subarray(0, 64 * 5 + 1);
+    for (const img of [image, inner]) {
+      const n = h.blockCount(img.length);
+      const hashes = arenaWords(h, 2 * n);
+      h.hashAll(img, hashes);
+      assert.deepEqual(hashes, hashesOf(ref, img.slice()), kind);
+      const dirty = arenaWords(h, 1);
+      assert.equal(h.scanDirty(img, hashes, dirty), 0, kind);
+    }
+  }
+});
+
+Deno.test("arena: alloc is 64-aligned, zeroed, null when full", () => {
+  for (const kind of ["wasm", "ts"] as const) {
+    const h = createBlockHasher({ kind, arenaBytes: 4096 });
+    const a = h.alloc(1)!;
+    const b = h.alloc(100)!;
+    const c = h.alloc(0)!;
+    for (const v of [a, b, c]) assert.equal(v.byteOffset % 64, 0, kind);
+    assert.equal(b.byteOffset - a.byteOffset, 64, kind);
+    assert.ok(b.every((x) => x === 0), kind);
+    if (kind === "wasm") {
+      assert.ok(a.buffer instanceof ArrayBuffer);
+      assert.ok(a.buffer.byteLength >= 4096);
+    }
+    // a, b and c take [0, 192): 3904 bytes left.
+    assert.equal(c.byteOffset - a.byteOffset, 192, kind);
+    assert.equal(h.alloc(3905), null, kind);
+    const d = h.alloc(3904);
+    assert.ok(d !== null && d.length === 3904, kind);
+    assert.equal(h.alloc(1), null, kind);
+    assert.equal(h.alloc(0) === null || h.alloc(0)!.length === 0, true);
+    // No arena by default.
+    assert.equal(createBlockHasher({ kind }).alloc(1), null, kind);
+    assert.throws(() => h.alloc(-1), RangeError);
+    assert.throws(() => h.alloc(1.5), RangeError);
+    assert.throws(
+      () => createBlockHasher({ kind, arenaBytes: -1 }),
+      /arenaBytes/,
+    );
+  }
+});
+
+Deno.test("arena: views stay valid after many allocs and scans", () => {
+  const h = createBlockHasher({ kind: "wasm", arenaBytes: 8 << 20 });
+  const first = h.alloc(64 * 100)!;
+  first.set(randomBytes(first.length, 5));
+  const keep = first.slice();
+  const views: Uint8Array[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const v = h.alloc(1 + (i % 3000));
+    if (v === null) break;
+    v.fill(i & 255);
+    views.push(v);
+  }
+  assert.ok(views.length > 1000);
+  const n = h.blockCount(first.length);
+  const hashes = arenaWords(h, 2 * n);
+  h.hashAll(first, hashes);
+  // Nothing detached and nothing overlapped.
+  assert.equal(first.length, 64 * 100);
+  assert.deepEqual(first, keep);
+  for (let i = 0; i < views.length; i++) {
+    assert.ok(views[i].every((x) => x === (i & 255)), `view ${i}`);
+  }
+  assert.deepEqual(hashes, hashesOf(createBlockHasher(), keep));
+});
+
+Deno.test("arena: a too-large request reserves what fits", () => {
+  // 16 GiB cannot fit a wasm memory: the arena is capped below 4 GiB.
+  const h = createBlockHasher({ kind: "wasm", arenaBytes: 16 * 2 ** 30 });
+  const a = h.alloc(1 << 20);
+  assert.ok(a !== null);
+  assert.ok(a.buffer.byteLength <= 4 * 2 ** 30 - 65536);
+  assert.equal(h.alloc(4 * 2 ** 30), null);
+});

@@ -27,6 +27,11 @@ const ASC_FLAGS = [
   // No `env.abort` import: the kernel has no checks that could call it.
   "--use",
   "abort=",
+  // The host creates linear memory once at its final size (scratch plus the
+  // allocation arena) and passes it in as `env.memory`; nothing in the
+  // kernel ever grows it, so views onto it never detach.
+  "--importMemory",
+  "--noExportMemory",
 ];
 
 function rootPath(rel: string): string {

@@ -3,6 +3,8 @@
 // bit. Assumes a little-endian host (every platform Deno runs on) for the
 // word views; `hashBlockInto` reads bytes explicitly and is endian-free.
 
+import { BumpArena, checkByteCount } from "./_arena.ts";
+
 const P1 = 0x9e3779b1 | 0;
 const P2 = 0x85ebca77 | 0;
 const P3 = 0xc2b2ae3d | 0;
@@ -156,17 +158,46 @@ function wordAt(bytes: Uint8Array, p: number, len: number): number {
   return w;
 }
 
+/**
+ * An ordinary buffer of up to `bytes` for the ts kind's arena, smaller if
+ * the runtime refuses that much.
+ */
+function arenaBuffer(bytes: number): ArrayBuffer {
+  for (;;) {
+    try {
+      return new ArrayBuffer(bytes);
+    } catch (e) {
+      if (!(e instanceof RangeError) || bytes === 0) throw e;
+      bytes = Math.floor(bytes / 2);
+    }
+  }
+}
+
 /** Pure-TS block hasher state: scratch buffers, allocated once. */
 export class TsBlockHashCore {
   readonly blockSize: number;
+  #arena: BumpArena;
   /** Word-aligned staging for images with an unaligned byteOffset. */
   #chunk: Int32Array | undefined;
   /** One zero-padded block, for the trailing partial block. */
   #tail: Int32Array;
 
-  constructor(blockSize: number) {
+  constructor(blockSize: number, arenaBytes = 0) {
+    checkByteCount("arenaBytes", arenaBytes);
     this.blockSize = blockSize;
     this.#tail = new Int32Array(blockSize >>> 2);
+    const buffer = arenaBuffer(arenaBytes);
+    this.#arena = new BumpArena(buffer, 0, buffer.byteLength);
+  }
+
+  /** Bytes the arena still has for one allocation. */
+  get arenaFree(): number {
+    return this.#arena.free;
+  }
+
+  /** Zeroed, 64-aligned bytes of the arena (ordinary memory), or null. */
+  alloc(byteLength: number): Uint8Array | null {
+    return this.#arena.alloc(byteLength);
   }
 
   /** Hash (dirty === undefined) or scan all blocks of `image`. */

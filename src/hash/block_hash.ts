@@ -22,7 +22,12 @@
  */
 
 import { TsBlockHashCore, tsHashBlockInto } from "./_ts_block_hash.ts";
-import { WasmBlockHashCore, wasmBlockHashModule } from "./_wasm_block_hash.ts";
+import {
+  WASM_CHUNK_BYTES,
+  WasmBlockHashCore,
+  wasmBlockHashModule,
+} from "./_wasm_block_hash.ts";
+import { checkByteCount } from "./_arena.ts";
 
 /** Which implementation a {@linkcode BlockHasher} uses. */
 export type BlockHasherKind = "wasm" | "ts";
@@ -53,6 +58,36 @@ export interface BlockHasher {
   hashAll(image: Uint8Array, out: Uint32Array): void;
   /** Compare-and-update, the dirty-detection scan: recompute each block's hash; where it differs from `hashes`, set bit b (bit (b & 31) of dirty[b >>> 5]) and store the new hash into `hashes`. Bits of clean blocks are left untouched (the caller zeroes `dirty` first). Returns the number of dirty blocks. */
   scanDirty(image: Uint8Array, hashes: Uint32Array, dirty: Uint32Array): number;
+  /**
+   * Allocates `byteLength` zeroed bytes, 64-byte aligned, from the arena
+   * reserved by {@linkcode BlockHasherOptions.arenaBytes} (wasm memory for
+   * the wasm kind; ordinary memory for the ts kind). Returns null when the
+   * arena has no room left: callers then use ordinary arrays, and
+   * everything still works through the copy path. Alignment padding counts
+   * against the arena. Views never detach: the memory is never grown after
+   * creation, and nothing is ever freed.
+   *
+   * When the image, the hashes and (for scanDirty) the dirty bitmap are all
+   * views of this arena, hashAll and scanDirty hash them in place, with no
+   * copying; operands outside the arena are streamed through scratch.
+   *
+   * @example Scan an image that lives in the arena
+   * ```ts
+   * import { createBlockHasher } from "./block_hash.ts";
+   *
+   * const h = createBlockHasher({ arenaBytes: 1 << 20 });
+   * const n = h.blockCount(65536);
+   * const image = h.alloc(65536)!;
+   * const hb = h.alloc(8 * n)!;
+   * const hashes = new Uint32Array(hb.buffer, hb.byteOffset, 2 * n);
+   * const db = h.alloc(4 * Math.ceil(n / 32))!;
+   * const dirty = new Uint32Array(db.buffer, db.byteOffset, db.length / 4);
+   * h.hashAll(image, hashes);
+   * image[7] = 1;
+   * console.log(h.scanDirty(image, hashes, dirty)); // 1
+   * ```
+   */
+  alloc(byteLength: number): Uint8Array | null;
 }
 
 /** Options for {@linkcode createBlockHasher}. */
@@ -61,6 +96,14 @@ export interface BlockHasherOptions {
   blockSize?: number;
   /** Implementation; "auto" (default) picks wasm when WebAssembly SIMD works. */
   kind?: BlockHasherKind | "auto";
+  /**
+   * Bytes to reserve up front for {@linkcode BlockHasher.alloc}; the wasm
+   * memory is created at its final size so views never detach. A wasm
+   * memory holds at most 4 GiB - 64 KiB: beyond that (or if the runtime
+   * refuses the address space) what fits is reserved, and alloc() returns
+   * null past it. Default 0.
+   */
+  arenaBytes?: number;
 }
 
 /** Default block size in bytes. */
@@ -78,6 +121,7 @@ function checkBlockSize(blockSize: number): void {
 }
 
 interface Core {
+  alloc(byteLength: number): Uint8Array | null;
   run(
     image: Uint8Array,
     out: Uint32Array,
@@ -133,6 +177,10 @@ class Hasher implements BlockHasher {
     }
     return this.#core.run(image, hashes, dirty);
   }
+
+  alloc(byteLength: number): Uint8Array | null {
+    return this.#core.alloc(byteLength);
+  }
 }
 
 /**
@@ -153,7 +201,9 @@ export function createBlockHasher(
 ): BlockHasher {
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   const kind = options.kind ?? "auto";
+  const arenaBytes = options.arenaBytes ?? 0;
   checkBlockSize(blockSize);
+  checkByteCount("arenaBytes", arenaBytes);
   if (kind !== "auto" && kind !== "wasm" && kind !== "ts") {
     throw new TypeError(
       `Invalid block hasher kind "${kind}": expected "wasm", "ts" or "auto"`,
@@ -165,7 +215,12 @@ export function createBlockHasher(
       return new Hasher(
         "wasm",
         blockSize,
-        new WasmBlockHashCore(wasmModule, blockSize),
+        new WasmBlockHashCore(
+          wasmModule,
+          blockSize,
+          WASM_CHUNK_BYTES,
+          arenaBytes,
+        ),
       );
     }
     if (kind === "wasm") {
@@ -174,7 +229,11 @@ export function createBlockHasher(
       );
     }
   }
-  return new Hasher("ts", blockSize, new TsBlockHashCore(blockSize));
+  return new Hasher(
+    "ts",
+    blockSize,
+    new TsBlockHashCore(blockSize, arenaBytes),
+  );
 }
 
 /**
