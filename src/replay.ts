@@ -102,7 +102,8 @@ export async function replaySeries(
     rows: [],
   };
   try {
-    let image: Uint8Array = await series.readImage(0, new Uint8Array(size));
+    // Read straight into the encoder's capture buffer: scanned in place.
+    const image = await series.readImage(0, encoder.captureBuffers[0]);
     const first = encoder.encode([image]);
     decoder.applyEpoch(first.frames);
     result.initialWireBytes = first.stats.wireBytes;
@@ -112,11 +113,8 @@ export async function replaySeries(
         `${series.imagePath(0)}: receiver differs after the initial sync`,
       );
     }
-    let spare: Uint8Array = new Uint8Array(size);
     for (let k = 1; k <= pairs; k++) {
-      const next = await series.readImage(k, spare);
-      spare = image;
-      image = next;
+      await series.readImage(k, image);
       const { frames, stats } = encoder.encode([image]);
       const applied = decoder.applyEpoch(frames);
       const verified = bytesEqual(
