@@ -3,25 +3,16 @@
  * to date by touching only the blocks an epoch changed.
  *
  * digest(image) = (size, Σ term(b, hash_b)) over every block b, in two
- * independent 32-bit lanes (mod 2^32). A term mixes the block index in, so
- * moved content changes the digest. This guards against bugs, lost frames and
+ * independent 32-bit lanes (mod 2^32). A term is the block hash (already
+ * avalanched) XOR a multiple of the block index, so moved content changes
+ * the digest while an update costs a few integer operations per block. This guards against bugs, lost frames and
  * corruption (it is as strong as the 64-bit block hash), not against a
  * malicious peer: authenticating peers is the transport's job.
  * @module
  */
 
 const P1 = 0x9e3779b1;
-const P2 = 0x85ebca77;
 const P3 = 0xc2b2ae3d;
-
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, P2);
-  h ^= h >>> 13;
-  h = Math.imul(h, P3);
-  h ^= h >>> 16;
-  return h;
-}
 
 /** A 64-bit image digest as two lanes, plus the image size it covers. */
 export interface ImageDigest {
@@ -37,16 +28,14 @@ export class DigestAccumulator {
 
   /** Adds block `index` with hash (`lo`, `hi`). */
   add(index: number, lo: number, hi: number): void {
-    const m = fmix(Math.imul(index, P1) ^ 0x5bd1e995);
-    this.lo = (this.lo + fmix(lo ^ m)) | 0;
-    this.hi = (this.hi + fmix((hi + Math.imul(m, P3)) ^ (lo >>> 7))) | 0;
+    this.lo = (this.lo + (lo ^ Math.imul(index, P1))) | 0;
+    this.hi = (this.hi + (hi ^ Math.imul(index ^ 0x5bd1e995, P3))) | 0;
   }
 
   /** Removes what `add(index, lo, hi)` added. */
   remove(index: number, lo: number, hi: number): void {
-    const m = fmix(Math.imul(index, P1) ^ 0x5bd1e995);
-    this.lo = (this.lo - fmix(lo ^ m)) | 0;
-    this.hi = (this.hi - fmix((hi + Math.imul(m, P3)) ^ (lo >>> 7))) | 0;
+    this.lo = (this.lo - (lo ^ Math.imul(index, P1))) | 0;
+    this.hi = (this.hi - (hi ^ Math.imul(index ^ 0x5bd1e995, P3))) | 0;
   }
 
   /** Adds every block of a hash array (2 u32 per block). */

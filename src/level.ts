@@ -15,10 +15,15 @@ export const LEVELS: readonly Level[] = ["fast", "max"];
 export interface LevelParams {
   /** zstd level for the op stream. */
   zstdLevel: number;
-  /** zstd level for the LZ section (max only). */
+  /** zstd level for the LZ section (pages compressed with their references as prefix). */
   lzLevel: number;
-  /** Try LZ-with-reference-prefix for pages whose best XOR encoding exceeds this many bytes; Infinity = never. */
+  /** Consider LZ-with-reference-prefix for pages whose best XOR encoding exceeds this many bytes; Infinity = never. */
   lzThreshold: number;
+  /**
+   * zstd level of the per-page trial that decides between LZ and the XOR
+   * encoding; 0 = no trial, such pages always go LZ (cheap: one batch call).
+   */
+  lzTrialLevel: number;
   /** Look up every indexed dirty block for identical content (else only for heavily changed pages). */
   blockLookups: boolean;
   /** Candidate similar pages tried per dirty page. */
@@ -35,7 +40,8 @@ export function levelParams(level: Level): LevelParams {
     ? {
       zstdLevel: 1,
       lzLevel: 1,
-      lzThreshold: Infinity,
+      lzThreshold: 1024,
+      lzTrialLevel: 0,
       blockLookups: false,
       similarCandidates: 1,
       pageLookups: 6,
@@ -45,6 +51,7 @@ export function levelParams(level: Level): LevelParams {
       zstdLevel: 9,
       lzLevel: 9,
       lzThreshold: 48,
+      lzTrialLevel: 3,
       blockLookups: true,
       similarCandidates: 3,
       pageLookups: 64,

@@ -151,14 +151,20 @@ export class PageEncoder {
       );
     }
 
+    // A heavily rewritten page (at fast) skips the XOR trials: LZ against its
+    // reference takes it in one batch call, and XOR rarely wins there.
+    const heavy = dirtyBlocks * 4 >= bpp * 3 &&
+      this.params.lzTrialLevel === 0 &&
+      this.params.lzThreshold !== Infinity;
+
     // BLOCKS: the dirty blocks only, each XOR vs same address or shared.
-    {
+    if (!heavy) {
       const t = this.#trial;
       const maskBytes = bpp >>> 3;
       t.fill(0, 0, maskBytes);
       let pos = maskBytes;
       let shared = 0;
-      const lookups = this.params.blockLookups || dirtyBlocks > (bpp >>> 1);
+      const lookups = this.params.blockLookups;
       let fits = true;
       for (let b = firstBlock; b < blockEnd && fits; b++) {
         if (((dirty[b >>> 5] >>> (b & 31)) & 1) === 0) continue;
@@ -207,7 +213,7 @@ export class PageEncoder {
     }
 
     // XOR against the whole same-address page (no per-block framing): worth it when much changed.
-    if (dirtyBlocks * 4 > bpp) {
+    if (!heavy && dirtyBlocks * 4 > bpp) {
       this.#tryXor(
         curWords,
         cw,
@@ -267,7 +273,7 @@ export class PageEncoder {
     }
 
     // The zero page as reference: for sparse pages.
-    if (zeroBlocks > 0 && this.#bestLen > 64) {
+    if (!heavy && zeroBlocks > 0 && this.#bestLen > 64) {
       this.#tryXor(curWords, cw, this.#zeroWords, 0, RefKind.ZERO, -1, -1);
     }
 
@@ -277,7 +283,7 @@ export class PageEncoder {
       this.#offer(this.#trial, pageLen, OpKind.LITERAL, -1, -1, -1, 0);
     }
 
-    // LZ with the reference page as prefix (max): catches shifted content.
+    // LZ with the reference page as prefix: catches content shifted or moved inside the page.
     if (
       this.zstd && this.#bestLen > this.params.lzThreshold &&
       this.#bestKind !== OpKind.COPY
@@ -295,22 +301,26 @@ export class PageEncoder {
           (refPage + 1) * PAGE_SIZE,
         );
       const curPage = cur.subarray(curOff, curOff + PAGE_SIZE);
-      const level = this.params.lzLevel;
-      const lzSize = this.zstd.compressInto(curPage, this.#trial, 0, {
-        level,
-        prefix,
-        checksum: false,
-      });
-      const bestSize = this.zstd.compressInto(
-        this.#best.subarray(0, this.#bestLen),
-        this.#trial,
-        0,
-        {
+      const level = this.params.lzTrialLevel;
+      let lzSize = 0, bestSize = 1;
+      if (level !== 0) {
+        lzSize = this.zstd.compressInto(curPage, this.#trial, 0, {
           level,
+          prefix,
           checksum: false,
-        },
-      );
-      if (lzSize + 4 < bestSize) {
+        });
+        bestSize = this.zstd.compressInto(
+          this.#best.subarray(0, this.#bestLen),
+          this.#trial,
+          0,
+          {
+            level,
+            checksum: false,
+          },
+        );
+        lzSize += 4; // the LZ op costs a little framing of its own
+      }
+      if (lzSize < bestSize) {
         const isZeroRef = this.#bestRefKind === RefKind.ZERO;
         this.#bestKind = OpKind.LZ;
         this.#bestRefKind = isZeroRef
