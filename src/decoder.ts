@@ -94,6 +94,8 @@ export class EpochDecoder {
   #stagingWords: Uint32Array = new Uint32Array(0);
   #zeroRef = new Uint8Array(PAGE_SIZE);
   #ownsZstd: boolean;
+  #lzSeen = new Set<number>();
+  #pageBases: number[] = [];
 
   constructor(specs: ImageSpec[], options: DecoderOptions = {}) {
     this.hasher = options.hasher ??
@@ -101,6 +103,11 @@ export class EpochDecoder {
     this.#ownsZstd = !options.zstd;
     this.zstd = options.zstd ?? createZstd();
     this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
+    let base = 0;
+    for (const image of this.images) {
+      this.#pageBases.push(base);
+      base += image.pages;
+    }
   }
 
   /** The last epoch applied (0: the all-zero start). */
@@ -430,6 +437,14 @@ export class EpochDecoder {
     }
   }
 
+  #addLzRef(slot: number, page: number, fail: (m: string) => never): void {
+    const bytes = slot < 0 ? this.#zeroRef : this.#refPage(slot, page, fail);
+    const key = slot < 0 ? -1 : this.#pageBases[slot] + page;
+    if (this.#lzSeen.has(key)) return;
+    this.#lzSeen.add(key);
+    this.#lzPrefix.append(bytes);
+  }
+
   #stagingWordsView(): Uint32Array {
     const buffer = this.#staging.bytes.buffer;
     if (this.#stagingWords.buffer !== buffer) {
@@ -485,6 +500,7 @@ export class EpochDecoder {
     const reader = new ByteReader(ops!);
     const staging = this.#staging;
     this.#lzPrefix.reset();
+    this.#lzSeen.clear();
     this.#lzPages.clear();
     // Page deltas restart in every chunk; chunks of an image cover increasing pages.
     let page = -1;
@@ -537,10 +553,29 @@ export class EpochDecoder {
             if (len < PAGE_SIZE) dst.fill(0, at + len, at + PAGE_SIZE);
             break;
           }
-          case OpKind.LZ:
-            this.#lzPrefix.append(this.#readRef(reader, slot, page, fail));
+          case OpKind.LZ: {
+            // The chunk's prefix holds each named page once, in the order first named.
+            const rk = reader.u8("reference kind");
+            if (rk === RefKind.ZERO) this.#addLzRef(-1, 0, fail);
+            else if (rk === RefKind.SAME) this.#addLzRef(slot, page, fail);
+            else if (rk === RefKind.OTHER) {
+              const s2 = reader.uvarint("reference image slot");
+              this.#addLzRef(s2, reader.uvarint("reference page"), fail);
+            } else {
+              fail(
+                `unknown reference kind ${rk} at byte ${
+                  reader.pos - 1
+                }, expected 0, 1 or 2`,
+              );
+            }
+            const extra = reader.u8("extra reference count");
+            for (let i = 0; i < extra; i++) {
+              const s2 = reader.uvarint("extra reference slot");
+              this.#addLzRef(s2, reader.uvarint("extra reference page"), fail);
+            }
             this.#lzPages.push(at);
             break;
+          }
           default:
             fail(
               `unknown op kind ${kind} at byte ${

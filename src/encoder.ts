@@ -13,6 +13,7 @@ import {
   createBlockHasher,
   hashBlockInto,
 } from "./hash/block_hash.ts";
+import { AnchorIndex } from "./anchor_index.ts";
 import { ContentIndex } from "./content_index.ts";
 import { type CommitImage, encodeFrame, FrameType } from "./frame.ts";
 import { ImageState, PAGE_SIZE } from "./image_state.ts";
@@ -57,6 +58,8 @@ export interface EpochStats {
   dirtyPages: number;
   dirtyBlocks: number;
   sharedBlocks: number;
+  /** Extra LZ reference pages found through anchors. */
+  lzExtraRefs: number;
   /** Pages per op kind. */
   ops: Record<string, number>;
   /** Pages per reference kind (same address, other page, zero page). */
@@ -124,6 +127,8 @@ export class EpochEncoder {
   #zeroHash: { lo: number; hi: number };
   #ownsZstd: boolean;
   #params: LevelParams;
+  #anchors: AnchorIndex | null = null;
+  #lzSeen = new Set<number>();
 
   constructor(specs: ImageSpec[], options: EncoderOptions = {}) {
     if (specs.length === 0) {
@@ -190,12 +195,18 @@ export class EpochEncoder {
     this.index.rebuild();
     const params = { ...levelParams(this.level), ...options.tuning };
     this.#params = params;
+    if (params.anchors) {
+      this.#anchors = new AnchorIndex(
+        this.images.reduce((n, i) => n + i.pages, 0),
+      );
+    }
     this.#pages = new PageEncoder(
       this.images,
       this.index,
       params,
       params.lzThreshold === Infinity ? null : this.zstd,
       this.#zeroHash,
+      this.#anchors,
     );
     this.#work = this.images.map((i) => ({
       dirty: allocWords(Math.ceil(i.blocks / 32)),
@@ -212,7 +223,7 @@ export class EpochEncoder {
 
   /** Bytes of memory the encoder's model holds (committed copies, hashes, index). */
   get modelBytes(): number {
-    let n = this.index.byteLength;
+    let n = this.index.byteLength + (this.#anchors?.byteLength ?? 0);
     for (const i of this.images) {
       n += i.committed.byteLength + i.hashes.byteLength;
     }
@@ -248,6 +259,7 @@ export class EpochEncoder {
       dirtyPages: 0,
       dirtyBlocks: 0,
       sharedBlocks: 0,
+      lzExtraRefs: 0,
       ops: Object.fromEntries(OP_NAMES.map((n) => [n, 0])),
       refs: { same: 0, other: 0, zero: 0 },
       rawBytes: 0,
@@ -344,6 +356,7 @@ export class EpochEncoder {
     ops.reset();
     this.#lz.reset();
     this.#lzPrefix.reset();
+    this.#lzSeen.clear();
     let pagesInChunk = 0;
     let prevPage = -1;
     let lastPage = -1;
@@ -392,22 +405,11 @@ export class EpochEncoder {
         else if (choice.refKind === RefKind.ZERO) stats.refs.zero++;
         if (choice.kind === OpKind.LZ) {
           this.#lz.append(pageBytes.subarray(pageOff, pageOff + PAGE_SIZE));
-          if (choice.refKind === RefKind.ZERO) {
-            this.#lzPrefix.ensure(PAGE_SIZE);
-            this.#lzPrefix.bytes.fill(
-              0,
-              this.#lzPrefix.pos,
-              this.#lzPrefix.pos + PAGE_SIZE,
-            );
-            this.#lzPrefix.pos += PAGE_SIZE;
-          } else {
-            const ref = this.images[choice.refSlot].committed;
-            this.#lzPrefix.append(
-              ref.subarray(
-                choice.refPage * PAGE_SIZE,
-                (choice.refPage + 1) * PAGE_SIZE,
-              ),
-            );
+          if (choice.refKind === RefKind.ZERO) this.#addLzRef(-1, 0);
+          else this.#addLzRef(choice.refSlot, choice.refPage);
+          stats.lzExtraRefs += choice.lzExtra;
+          for (let i = 0; i < choice.lzExtra; i++) {
+            this.#addLzRef(choice.lzExtraSlot[i], choice.lzExtraPage[i]);
           }
         }
         work.dirtyPages.push(page);
@@ -444,6 +446,27 @@ export class EpochEncoder {
       );
     }
     stats.compressMs += performance.now() - t;
+  }
+
+  /** Appends a reference page to the chunk's LZ prefix the first time the chunk names it (slot -1: the zero page). */
+  #addLzRef(slot: number, page: number): void {
+    const key = slot < 0 ? -1 : this.#pages.globalPage(slot, page);
+    if (this.#lzSeen.has(key)) return;
+    this.#lzSeen.add(key);
+    if (slot < 0) {
+      this.#lzPrefix.ensure(PAGE_SIZE);
+      this.#lzPrefix.bytes.fill(
+        0,
+        this.#lzPrefix.pos,
+        this.#lzPrefix.pos + PAGE_SIZE,
+      );
+      this.#lzPrefix.pos += PAGE_SIZE;
+    } else {
+      const ref = this.images[slot].committed;
+      this.#lzPrefix.append(
+        ref.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE),
+      );
+    }
   }
 
   #flushChunk(
@@ -506,6 +529,7 @@ export class EpochEncoder {
     this.#ops.reset();
     this.#lz.reset();
     this.#lzPrefix.reset();
+    this.#lzSeen.clear();
   }
 
   /** Applies the epoch to the model: digests, committed bytes, content index. */
@@ -569,6 +593,11 @@ export class EpochEncoder {
           off,
         );
       }
+      this.#anchors?.insertPage(
+        words,
+        page * (PAGE_SIZE / 4),
+        this.#pages.globalPage(slot, page),
+      );
     }
   }
 

@@ -17,6 +17,7 @@
  * @module
  */
 
+import type { AnchorIndex } from "./anchor_index.ts";
 import type { ContentIndex } from "./content_index.ts";
 import type { ImageState } from "./image_state.ts";
 import { PAGE_SIZE } from "./image_state.ts";
@@ -28,6 +29,8 @@ import type { Zstd } from "./compress/zstd.ts";
 
 const WORDS = PAGE_SIZE / 4;
 const SCRATCH = PAGE_SIZE + 1024;
+/** Further LZ reference pages per page, found through the anchor index. */
+export const MAX_EXTRA_REFS = 2;
 
 /** The op chosen for a page, for stats and for the LZ section. */
 export interface PageChoice {
@@ -39,6 +42,10 @@ export interface PageChoice {
   refPage: number;
   /** Blocks sent as shared references (BLOCKS). */
   sharedBlocks: number;
+  /** For LZ: further reference pages (found through anchors), slots and pages. */
+  lzExtra: number;
+  lzExtraSlot: Uint32Array;
+  lzExtraPage: Uint32Array;
   /** Bytes written to the op stream. */
   bytes: number;
 }
@@ -61,8 +68,15 @@ export class PageEncoder {
     refSlot: -1,
     refPage: -1,
     sharedBlocks: 0,
+    lzExtra: 0,
+    lzExtraSlot: new Uint32Array(MAX_EXTRA_REFS),
+    lzExtraPage: new Uint32Array(MAX_EXTRA_REFS),
     bytes: 0,
   };
+  #lzExtra = 0;
+  #candidates = new Uint32Array(MAX_EXTRA_REFS);
+  #prefix = new Uint8Array((1 + MAX_EXTRA_REFS) * PAGE_SIZE);
+  #pageBases: number[] = [];
 
   constructor(
     readonly images: ImageState[],
@@ -70,7 +84,25 @@ export class PageEncoder {
     readonly params: LevelParams,
     readonly zstd: Zstd | null,
     readonly zeroHash: { lo: number; hi: number },
-  ) {}
+    readonly anchors: AnchorIndex | null = null,
+  ) {
+    let base = 0;
+    for (const image of images) {
+      this.#pageBases.push(base);
+      base += image.pages;
+    }
+  }
+
+  /** Global page number (across images), as the anchor index counts pages. */
+  globalPage(slot: number, page: number): number {
+    return this.#pageBases[slot] + page;
+  }
+
+  #slotOfGlobalPage(global: number): number {
+    let s = this.#pageBases.length - 1;
+    while (this.#pageBases[s] > global) s--;
+    return s;
+  }
 
   #offer(
     buf: Uint8Array,
@@ -126,6 +158,7 @@ export class PageEncoder {
 
     this.#bestLen = Infinity;
     this.#bestKind = -1;
+    this.#lzExtra = 0;
     this.#bestShared = 0;
 
     // ZERO: every block hashes like zeros, and the bytes agree.
@@ -294,12 +327,45 @@ export class PageEncoder {
       const refPage = this.#bestRefKind === RefKind.OTHER
         ? this.#bestRefPage
         : page;
-      const prefix = this.#bestRefKind === RefKind.ZERO
+      let prefix = this.#bestRefKind === RefKind.ZERO
         ? this.#zeroPage
         : this.images[refSlot].committed.subarray(
           refPage * PAGE_SIZE,
           (refPage + 1) * PAGE_SIZE,
         );
+      // Pages that hold some of this content at other offsets join the prefix.
+      let extra = 0;
+      if (this.anchors) {
+        const primary = this.#bestRefKind === RefKind.ZERO
+          ? -1
+          : this.globalPage(refSlot, refPage);
+        const n = this.anchors.candidates(
+          curWords,
+          cw,
+          primary,
+          this.#candidates,
+          MAX_EXTRA_REFS,
+        );
+        if (n > 0) {
+          this.#prefix.set(prefix);
+          for (let i = 0; i < n; i++) {
+            const g = this.#candidates[i];
+            const s2 = this.#slotOfGlobalPage(g);
+            const p2 = g - this.#pageBases[s2];
+            this.choice.lzExtraSlot[extra] = s2;
+            this.choice.lzExtraPage[extra] = p2;
+            this.#prefix.set(
+              this.images[s2].committed.subarray(
+                p2 * PAGE_SIZE,
+                (p2 + 1) * PAGE_SIZE,
+              ),
+              (1 + extra) * PAGE_SIZE,
+            );
+            extra++;
+          }
+          prefix = this.#prefix.subarray(0, (1 + extra) * PAGE_SIZE);
+        }
+      }
       const curPage = cur.subarray(curOff, curOff + PAGE_SIZE);
       const level = this.params.lzTrialLevel;
       let lzSize = 0, bestSize = 1;
@@ -332,6 +398,7 @@ export class PageEncoder {
         this.#bestRefPage = isZeroRef ? -1 : refPage;
         this.#bestLen = 0;
         this.#bestShared = 0;
+        this.#lzExtra = extra;
       }
     }
 
@@ -412,6 +479,14 @@ export class PageEncoder {
         pos = writeUvarint(o, pos, refPage);
       }
     }
+    const extra = kind === OpKind.LZ ? this.#lzExtra : 0;
+    if (kind === OpKind.LZ) {
+      o[pos++] = extra;
+      for (let i = 0; i < extra; i++) {
+        pos = writeUvarint(o, pos, this.choice.lzExtraSlot[i]);
+        pos = writeUvarint(o, pos, this.choice.lzExtraPage[i]);
+      }
+    }
     if (bodyLen > 0) {
       o.set(body.subarray(0, bodyLen), pos);
       pos += bodyLen;
@@ -423,6 +498,7 @@ export class PageEncoder {
     c.refSlot = refSlot;
     c.refPage = refPage;
     c.sharedBlocks = shared;
+    c.lzExtra = extra;
     c.bytes = pos - start;
     return c;
   }

@@ -17,10 +17,12 @@
  *                     | 1 slot block                 block = committed block elsewhere
  *       4 LITERAL  byte[pageLength]                  raw bytes (pageLength < pageSize
  *                                                    only for an image's last page)
- *       5 LZ       ref                               page bytes are the next page of
- *                                                    the chunk's LZ section, which was
- *                                                    compressed with the chunk's LZ
- *                                                    references, in op order, as prefix
+ *       5 LZ       ref extra:u8 (slot page){extra}   page bytes are the next page of
+ *                                                    the chunk's LZ section, compressed
+ *                                                    with a prefix made of the pages the
+ *                                                    chunk's LZ ops name (ref first,
+ *                                                    then the extra pages), each page
+ *                                                    once, in the order first named
  *     ref     := 0                                   same address, same image
  *              | 1 slot page                         page `page` of image `slot`
  *              | 2                                   the zero page
