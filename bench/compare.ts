@@ -145,7 +145,10 @@ export async function compareSeries(
     const scratch = new Uint8Array(
       series.meta.size + 4 * Math.ceil(series.meta.size / 4096) + 4096,
     );
-    let prev: Uint8Array = await series.readImage(0, new Uint8Array(series.meta.size));
+    let prev: Uint8Array = await series.readImage(
+      0,
+      new Uint8Array(series.meta.size),
+    );
     let spare: Uint8Array = new Uint8Array(series.meta.size);
     log(
       `  ${series.meta.name}: xdelta3, zstd --patch-from, XOR+zstd over ${pairs} pairs ...`,
