@@ -15,7 +15,12 @@ import {
 } from "./hash/block_hash.ts";
 import { AnchorIndex } from "./anchor_index.ts";
 import { ContentIndex } from "./content_index.ts";
-import { type CommitImage, encodeFrame, FrameType } from "./frame.ts";
+import {
+  type CommitImage,
+  encodeFrame,
+  FrameType,
+  type PatchBody,
+} from "./frame.ts";
 import { ImageState, PAGE_SIZE } from "./image_state.ts";
 import { type Level, type LevelParams, levelParams } from "./level.ts";
 import { PageEncoder } from "./page_encoder.ts";
@@ -252,7 +257,6 @@ export class EpochEncoder {
       }
     }
     const epoch = this.#epoch + 1;
-    const params = this.#params;
     const stats: EpochStats = {
       epoch,
       imageBytes: 0,
@@ -291,15 +295,7 @@ export class EpochEncoder {
     // match + XOR per dirty page, compress + frame per chunk.
     const frames: Uint8Array[] = [];
     for (let s = 0; s < current.length; s++) {
-      this.#encodeImage(
-        s,
-        current[s],
-        epoch,
-        params.zstdLevel,
-        params.lzLevel,
-        frames,
-        stats,
-      );
+      this.#encodeImage(s, current[s], epoch, frames, stats);
     }
 
     // Commit the model: what the receiver will hold once it applies this epoch.
@@ -339,8 +335,6 @@ export class EpochEncoder {
     slot: number,
     cur: Uint8Array,
     epoch: number,
-    zstdLevel: number,
-    lzLevel: number,
     frames: Uint8Array[],
     stats: EpochStats,
   ): void {
@@ -416,15 +410,7 @@ export class EpochEncoder {
         if (ops.pos >= this.chunkBytes || this.#lz.pos >= this.chunkBytes) {
           const t = performance.now();
           stats.matchMs += t - tMatch;
-          this.#flushChunk(
-            slot,
-            epoch,
-            pagesInChunk,
-            zstdLevel,
-            lzLevel,
-            frames,
-            stats,
-          );
+          this.#flushChunk(slot, epoch, pagesInChunk, frames, stats);
           tMatch = performance.now();
           stats.compressMs += tMatch - t;
           pagesInChunk = 0;
@@ -435,15 +421,7 @@ export class EpochEncoder {
     const t = performance.now();
     stats.matchMs += t - tMatch;
     if (pagesInChunk > 0) {
-      this.#flushChunk(
-        slot,
-        epoch,
-        pagesInChunk,
-        zstdLevel,
-        lzLevel,
-        frames,
-        stats,
-      );
+      this.#flushChunk(slot, epoch, pagesInChunk, frames, stats);
     }
     stats.compressMs += performance.now() - t;
   }
@@ -473,11 +451,10 @@ export class EpochEncoder {
     slot: number,
     epoch: number,
     pages: number,
-    zstdLevel: number,
-    lzLevel: number,
     frames: Uint8Array[],
     stats: EpochStats,
   ): void {
+    const { zstdLevel, lzLevel } = this.#params;
     const raw = this.#ops.view();
     stats.rawBytes += raw.length + this.#lz.pos;
     let ops = this.zstd.compress(raw, { level: zstdLevel, checksum: false });
@@ -487,7 +464,7 @@ export class EpochEncoder {
       opsCodec = 0;
     }
     const work = this.#work[slot];
-    const body = {
+    const body: PatchBody = {
       base: epoch - 1,
       slot,
       chunk: work.chunks,
@@ -495,16 +472,6 @@ export class EpochEncoder {
       ops,
       opsSize: raw.length,
       opsCodec,
-    } as {
-      base: number;
-      slot: number;
-      chunk: number;
-      pages: number;
-      ops: Uint8Array;
-      opsSize: number;
-      opsCodec: number;
-      lz?: Uint8Array;
-      lzSize?: number;
     };
     if (this.#lz.pos > 0) {
       const prefix = this.#lzPrefix.view();
