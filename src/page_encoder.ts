@@ -305,8 +305,8 @@ export class PageEncoder {
       }
     }
 
-    // The zero page as reference: for sparse pages.
-    if (!heavy && zeroBlocks > 0 && this.#bestLen > 64) {
+    // The zero page as reference: for pages now mostly zero (fresh allocations).
+    if (!heavy && zeroBlocks * 4 >= bpp && this.#bestLen > 256) {
       this.#tryXor(curWords, cw, this.#zeroWords, 0, RefKind.ZERO, -1, -1);
     }
 
