@@ -186,8 +186,7 @@ export class PageEncoder {
 
     // A heavily rewritten page (at fast) skips the XOR trials: LZ against its
     // reference takes it in one batch call, and XOR rarely wins there.
-    const heavy = dirtyBlocks * 4 >= bpp * 3 &&
-      this.params.lzTrialLevel === 0 &&
+    const heavy = dirtyBlocks * 4 >= bpp * 3 && this.params.heavyDirectLz &&
       this.params.lzThreshold !== Infinity;
 
     // BLOCKS: the dirty blocks only, each XOR vs same address or shared.
@@ -197,7 +196,9 @@ export class PageEncoder {
       t.fill(0, 0, maskBytes);
       let pos = maskBytes;
       let shared = 0;
-      const lookups = this.params.blockLookups;
+      // Per-block lookups pay on pages with a few changed blocks; a rewritten
+      // page is matched as a whole (similar page, LZ) instead.
+      const lookups = this.params.blockLookups && dirtyBlocks * 4 < bpp * 3;
       let fits = true;
       for (let b = firstBlock; b < blockEnd && fits; b++) {
         if (((dirty[b >>> 5] >>> (b & 31)) & 1) === 0) continue;
@@ -367,7 +368,7 @@ export class PageEncoder {
         }
       }
       const curPage = cur.subarray(curOff, curOff + PAGE_SIZE);
-      const level = this.params.lzTrialLevel;
+      const level = heavy ? 0 : this.params.lzTrialLevel;
       let lzSize = 0, bestSize = 1;
       if (level !== 0) {
         lzSize = this.zstd.compressInto(curPage, this.#trial, 0, {
