@@ -46,7 +46,8 @@ export function levelParams(level: Level): LevelParams {
   return level === "fast"
     ? {
       zstdLevel: 1,
-      lzLevel: 1,
+      // zstd -3 on the LZ section: -8% bytes on node-tsc for +10% time there.
+      lzLevel: 3,
       lzThreshold: 1024,
       lzTrialLevel: 0,
       heavyDirectLz: true,
