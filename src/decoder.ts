@@ -95,6 +95,7 @@ export class EpochDecoder {
   #zeroRef = new Uint8Array(PAGE_SIZE);
   #ownsZstd: boolean;
   #lzSeen = new Set<number>();
+  #lzOut = new Uint8Array(0);
   #pageBases: number[] = [];
 
   constructor(specs: ImageSpec[], options: DecoderOptions = {}) {
@@ -314,7 +315,8 @@ export class EpochDecoder {
       h += i > 0 ? 2 * uBlocks[i - 1] : 0;
       const off = first * bs;
       const real = Math.min(n * bs, image.size - off);
-      if (real === n * bs) {
+      if (n === 1 && real === bs) {
+        // A single block: a word loop beats a subarray + memcpy call.
         const words = image.words;
         for (
           let k = 0, w = off >>> 2, sw = pos >>> 2, e = real >>> 2;
@@ -602,10 +604,15 @@ export class EpochDecoder {
           } bytes`,
         );
       }
-      let pages: Uint8Array;
+      if (this.#lzOut.length < body.lzSize!) {
+        this.#lzOut = new Uint8Array(body.lzSize!);
+      }
+      const pages = this.#lzOut;
       try {
-        pages = this.zstd.decompress(
+        this.zstd.decompressInto(
           body.lz!,
+          pages,
+          0,
           body.lzSize!,
           this.#lzPrefix.view(),
         );
@@ -618,7 +625,7 @@ export class EpochDecoder {
       }
       for (let i = 0; i < lzPages; i++) {
         this.#staging.bytes.set(
-          pages!.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE),
+          pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE),
           this.#lzPages.data[i],
         );
       }
