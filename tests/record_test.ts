@@ -192,9 +192,13 @@ Deno.test({
         `counter advances between epochs: ${counters}`,
       );
       // The child was resumed: its heartbeat keeps moving.
-      const before = Number(await Deno.readTextFile(beat));
-      await new Promise((r) => setTimeout(r, 300));
-      const after = Number(await Deno.readTextFile(beat));
+      // (The child rewrites the file, so a read can see it empty: poll.)
+      const before = await waitForBeat(beat);
+      let after = before;
+      for (let i = 0; i < 100 && after <= before; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        after = await waitForBeat(beat);
+      }
       assert.ok(after > before, "child still runs after recording");
     } finally {
       child.kill("SIGKILL");
