@@ -10,8 +10,12 @@
  * - XOR against the same-address page, against a *similar* page found through
  *   the content index of sampled blocks (COPY when identical), or the zero page;
  * - LITERAL;
- * - at `max`, LZ: the page compressed with the chosen reference page as zstd
- *   prefix, which catches content shifted inside the page by a few bytes.
+ * - LZ: the page compressed with the chosen reference page (and, with the
+ *   anchor index, pages holding some of its content elsewhere) as zstd
+ *   prefix, which catches content shifted or moved by any number of bytes.
+ *   `max` decides per page by compressing both LZ and the best XOR encoding;
+ *   `fast` sends pages whose best XOR encoding is large as LZ without a trial.
+ *   At both, pages with three quarters of their blocks dirty go LZ directly.
  *
  * Works on preallocated scratch buffers; nothing is allocated per page.
  * @module
@@ -184,8 +188,8 @@ export class PageEncoder {
       );
     }
 
-    // A heavily rewritten page (at fast) skips the XOR trials: LZ against its
-    // reference takes it in one batch call, and XOR rarely wins there.
+    // A heavily rewritten page skips the XOR trials: LZ against its reference
+    // takes it in one batch call, and XOR rarely wins there (measured).
     const heavy = dirtyBlocks * 4 >= bpp * 3 && this.params.heavyDirectLz &&
       this.params.lzThreshold !== Infinity;
 
