@@ -407,7 +407,10 @@ export class EpochEncoder {
           }
         }
         work.dirtyPages.push(page);
-        if (ops.pos >= this.chunkBytes || this.#lz.pos >= this.chunkBytes) {
+        if (
+          ops.pos >= this.chunkBytes ||
+          this.#lz.pos >= this.#params.lzChunkBytes
+        ) {
           const t = performance.now();
           stats.matchMs += t - tMatch;
           this.#flushChunk(slot, epoch, pagesInChunk, frames, stats);
