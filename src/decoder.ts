@@ -10,11 +10,7 @@
  * @module
  */
 
-import {
-  type BlockHasher,
-  createBlockHasher,
-  hashBlockInto,
-} from "./hash/block_hash.ts";
+import { type BlockHasher, createBlockHasher } from "./hash/block_hash.ts";
 import {
   type CommitBody,
   decodeFrame,
@@ -272,22 +268,23 @@ export class EpochDecoder {
     let totalBlocks = 0;
     for (let i = 0; i < units; i++) totalBlocks += uBlocks[i];
     const fresh = new Uint32Array(2 * totalBlocks);
-    for (let i = 0, h = 0; i < units; i++) {
+    // Bytes past the image end hash as zeros on the primary: make them so.
+    for (let i = 0; i < units; i++) {
       const image = this.images[uSlot[i]];
-      const first = uBlock[i], n = uBlocks[i], pos = uPos[i];
-      h += i > 0 ? 2 * uBlocks[i - 1] : 0;
-      // Bytes past the image end hash as zeros on the primary: make them so.
-      const real = Math.min(n * bs, image.size - first * bs);
+      const n = uBlocks[i], pos = uPos[i];
+      const real = Math.min(n * bs, image.size - uBlock[i] * bs);
       if (real < n * bs) staged.fill(0, pos + real, pos + n * bs);
-      if (n === 1) hashBlockInto(staged, pos, bs, fresh, h);
-      else {this.hasher.hashAll(
-          staged.subarray(pos, pos + n * bs),
-          fresh.subarray(h, h + 2 * n),
-        );}
+    }
+    // Units lie back to back in staging, whole blocks each: one kernel call
+    // hashes them all, unit i's blocks at fresh[2 * uPos[i] / bs].
+    this.hasher.hashAll(staged.subarray(0, this.#staging.pos), fresh);
+    for (let i = 0; i < units; i++) {
+      const image = this.images[uSlot[i]];
+      const first = uBlock[i], n = uBlocks[i];
       const end = Math.min(first + n, image.blocks);
       const d = digests[uSlot[i]];
       const hashes = image.hashes;
-      for (let b = first, k = h; b < end; b++, k += 2) {
+      for (let b = first, k = 2 * ((uPos[i] / bs) | 0); b < end; b++, k += 2) {
         const lo = fresh[k], hi = fresh[k + 1];
         // Unchanged blocks contribute the same term before and after.
         if (lo === hashes[2 * b] && hi === hashes[2 * b + 1]) continue;
@@ -309,14 +306,15 @@ export class EpochDecoder {
 
     // Apply: nothing below can fail.
     const stagedWords = this.#stagingWordsView();
-    for (let i = 0, h = 0; i < units; i++) {
+    for (let i = 0; i < units; i++) {
       const image = this.images[uSlot[i]];
       const first = uBlock[i], n = uBlocks[i], pos = uPos[i];
-      h += i > 0 ? 2 * uBlocks[i - 1] : 0;
+      const h = 2 * ((pos / bs) | 0);
       const off = first * bs;
       const real = Math.min(n * bs, image.size - off);
+      const hashes = image.hashes;
       if (n === 1 && real === bs) {
-        // A single block: a word loop beats a subarray + memcpy call.
+        // A single block: word loops beat subarray + memcpy calls.
         const words = image.words;
         for (
           let k = 0, w = off >>> 2, sw = pos >>> 2, e = real >>> 2;
@@ -325,11 +323,13 @@ export class EpochDecoder {
         ) {
           words[w + k] = stagedWords[sw + k];
         }
+        hashes[2 * first] = fresh[h];
+        hashes[2 * first + 1] = fresh[h + 1];
       } else {
         image.committed.set(staged.subarray(pos, pos + real), off);
+        const count = Math.min(n, image.blocks - first);
+        hashes.set(fresh.subarray(h, h + 2 * count), 2 * first);
       }
-      const count = Math.min(n, image.blocks - first);
-      image.hashes.set(fresh.subarray(h, h + 2 * count), 2 * first);
     }
     const result: AppliedEpoch = {
       epoch,
