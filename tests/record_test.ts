@@ -247,6 +247,10 @@ Deno.test({
         "200",
         "--interval-ms",
         "50",
+        // A small buffer: preallocating room for 200 images took longer than
+        // the child lives on a loaded CI machine.
+        "--buffer-mb",
+        "32",
         "--out",
         out,
       ]);
