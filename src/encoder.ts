@@ -482,7 +482,7 @@ export class EpochEncoder {
         level: lzLevel,
         prefix,
         checksum: false,
-        windowLog: windowLogFor(prefix.length + this.#lz.pos),
+        // The zstd module widens the window to cover prefix + section itself.
       });
       body.lzSize = this.#lz.pos;
     }
@@ -579,11 +579,4 @@ export class EpochEncoder {
 
 function align64(n: number): number {
   return Math.ceil(n / 64) * 64;
-}
-
-/** A zstd window large enough to reach from the end of `bytes` back to its start. */
-export function windowLogFor(bytes: number): number {
-  let log = 10;
-  while ((1 << log) < bytes && log < 30) log++;
-  return log;
 }
