@@ -1,30 +1,11 @@
 import assert from "node:assert/strict";
 import { openSeries } from "../src/series.ts";
+import { runTool, type ToolRun } from "./_run_tool.ts";
 import { parseMaps, writableRanges } from "../src/record/_maps.ts";
 
-const RECORD = new URL("../tools/record.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
-
-interface Run {
-  code: number;
-  stderr: string;
-  stdout: string;
-}
-
 /** Run tools/record.ts as a real subprocess (it needs -A for /proc/PID). */
-async function record(args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", RECORD, ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
+function record(args: string[]): Promise<ToolRun> {
+  return runTool("record", ["-A"], args);
 }
 
 function hasPython(): boolean {

@@ -1,10 +1,8 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { SeriesWriter } from "../src/series.ts";
+import { runTool, type ToolRun } from "./_run_tool.ts";
 import { SyntheticWorkload } from "../src/synthetic.ts";
 import { replaySeries } from "../src/replay.ts";
-
-const DENO = Deno.execPath();
-const ROOT = new URL("..", import.meta.url).pathname;
 
 async function writeSeries(
   dir: string,
@@ -32,27 +30,12 @@ async function writeSeries(
   await writer.close();
 }
 
-async function run(
-  args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(DENO, {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-ffi",
-      "--allow-env",
-      `${ROOT}tools/replay.ts`,
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
+function run(args: string[]): Promise<ToolRun> {
+  return runTool(
+    "replay",
+    ["--allow-read", "--allow-ffi", "--allow-env"],
+    args,
+  );
 }
 
 Deno.test("replay verifies every epoch of a series and totals the pairs", async () => {
