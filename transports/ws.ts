@@ -1,0 +1,622 @@
+/**
+ * `ws://host:port/path` and `wss://host:port/path`: messages over a
+ * WebSocket. Servers are hono routes (`upgradeWebSocket` from `hono/deno`)
+ * mounted at the URL's path (default {@linkcode DEFAULT_WS_PATH}), either on
+ * `options.app` (the caller serves it) or on a server of the listener's own.
+ * Clients use the standard `WebSocket`; for `wss:` with `options.tls.caCerts`
+ * they go through a `Deno.createHttpClient({ caCerts })`.
+ *
+ * Wire protocol, between two of these adapters:
+ * - a binary WebSocket message is one message, if at most
+ *   {@linkcode WS_PIECE_BYTES} (Deno refuses WebSocket frames above 64 MiB);
+ * - a text message `m <length>` announces a bigger message, which follows as
+ *   binary pieces of at most `WS_PIECE_BYTES`;
+ * - a text message `a <bytes>` acknowledges the payload bytes the receiver's
+ *   `receive` has taken so far (cumulative).
+ *
+ * Why acknowledgements: a WebSocket reads eagerly (no read backpressure in
+ * the API), so a slow reader would buffer without bound. A sender only starts
+ * a message while less than {@linkcode WS_WINDOW_BYTES} are unacknowledged,
+ * so a reader that stops calling `receive` stalls the writer after about one
+ * window plus one message. Locally, `send` also waits while the socket's
+ * `bufferedAmount` is above the window.
+ *
+ * - a text message `k` does nothing (see below).
+ *
+ * Closing sends close code 1000 (the peer's `receive` returns `null`); any
+ * other code, or none, is a broken connection.
+ *
+ * Deno 2.9's `WebSocket` client over `wss:` can leave the last bytes of a
+ * frame unsent, with `bufferedAmount` already 0, until it sends something
+ * else (denoland/deno#36862: the TLS stream is not flushed after a write that
+ * would block). `wss:` clients therefore follow data with a few no-op `k`
+ * messages at growing intervals while no other send happens, and send them
+ * while waiting for acknowledgements.
+ * @module
+ */
+
+import { Hono } from "hono";
+import { getConnInfo, upgradeWebSocket } from "hono/deno";
+import {
+  type Connection,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  type Listener,
+  type Transport,
+  TransportError,
+  type TransportOptions,
+} from "../src/transport.ts";
+import {
+  AcceptQueue,
+  checkMessageSize,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  LINGER_MS,
+  parseHostPort,
+  transportError,
+} from "./_length_prefixed.ts";
+import { serverTls } from "./tls.ts";
+
+/** Where the endpoint is mounted when the URL has no path. */
+export const DEFAULT_WS_PATH = "/patchwire";
+
+/** Largest single WebSocket message sent; bigger messages go in pieces. */
+export const WS_PIECE_BYTES = 16 << 20;
+
+/** Unacknowledged bytes after which a sender waits (see the module doc). */
+export const WS_WINDOW_BYTES = 8 << 20;
+
+/** How often `send` re-checks `bufferedAmount` while it is high. */
+const DRAIN_POLL_MS = 2;
+
+/** When `wss:` clients send no-op `k` messages after their last data write (deno#36862). */
+const KICK_DELAYS_MS = [2, 10, 50, 250, 1_000, 2_000, 4_000];
+
+const CLOSE_NORMAL = 1000;
+const CLOSE_PROTOCOL_ERROR = 1002;
+const CLOSE_TOO_BIG = 1009;
+
+const EMPTY = new Uint8Array(0);
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** One end of a WebSocket carrying patchwire messages (client or server side). */
+class WsConnection implements Connection {
+  readonly remote: string;
+  readonly closed: Promise<void>;
+
+  readonly #ws: WebSocket;
+  readonly #max: number;
+  readonly #onGone: () => Promise<void>;
+  readonly #kicks: boolean;
+  #kickTimer: ReturnType<typeof setTimeout> | undefined;
+  #kickStep = 0;
+  readonly #closeEvent = Promise.withResolvers<void>();
+
+  #queue: Uint8Array[] = [];
+  #queueHead = 0;
+  #assembling: { buffer: Uint8Array; filled: number } | null = null;
+  #dataWaiter: PromiseWithResolvers<void> | null = null;
+
+  #sendChain: Promise<void> = Promise.resolve();
+  #sentBytes = 0;
+  #ackedBytes = 0;
+  #creditWaiter: PromiseWithResolvers<void> | null = null;
+  #takenBytes = 0;
+  #lastAck = 0;
+
+  #ended = false; // closed by either side or broken: sends reject
+  #endReason = "";
+  #broken: TransportError | null = null;
+  #localClosed = false;
+  #errorMessage = "";
+  #closeDone: Promise<void> | null = null;
+
+  constructor(
+    ws: WebSocket,
+    remote: string,
+    maxMessageBytes: number,
+    onGone: () => Promise<void> = () => Promise.resolve(),
+    kicks = false,
+  ) {
+    this.#ws = ws;
+    this.#kicks = kicks;
+    this.remote = remote;
+    this.#max = maxMessageBytes;
+    this.#onGone = onGone;
+    ws.binaryType = "arraybuffer";
+    ws.addEventListener("message", (event) => this.#onMessage(event.data));
+    ws.addEventListener("error", (event) => {
+      this.#errorMessage = (event as ErrorEvent).message ?? "";
+    });
+    ws.addEventListener("close", (event) => this.#onClose(event));
+    // `closed` settles once the socket is gone and its server (if any) released.
+    this.closed = this.#closeEvent.promise.then(() => this.#gone());
+  }
+
+  /** The message of the socket's last `error` event ("" if none). */
+  get lastError(): string {
+    return this.#errorMessage;
+  }
+
+  #goneDone: Promise<void> | null = null;
+  #gone(): Promise<void> {
+    this.#goneDone ??= this.#onGone().catch(() => {});
+    return this.#goneDone;
+  }
+
+  send(message: Uint8Array): Promise<void> {
+    if (this.#ended) return Promise.reject(this.#sendError());
+    try {
+      checkMessageSize(message.length, this.#max, "send");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const sent = this.#sendChain.then(() => this.#sendNow(message));
+    // One failed send must not break the chain: later sends report their own.
+    this.#sendChain = sent.catch(() => {});
+    return sent;
+  }
+
+  #sendError(): TransportError {
+    return new TransportError(
+      `cannot send to ${this.remote}: the connection is closed (${this.#endReason})`,
+    );
+  }
+
+  async #sendNow(message: Uint8Array): Promise<void> {
+    while (
+      !this.#ended && this.#sentBytes - this.#ackedBytes >= WS_WINDOW_BYTES
+    ) {
+      this.#creditWaiter ??= Promise.withResolvers();
+      if (!this.#kicks) {
+        await this.#creditWaiter.promise;
+        continue;
+      }
+      // The acknowledgement may wait on our own unflushed tail (see module doc).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#creditWaiter.promise,
+        new Promise<void>((resolve) => timer = setTimeout(resolve, 250)),
+      ]);
+      clearTimeout(timer);
+      if (!this.#ended && this.#creditWaiter) this.#kick();
+    }
+    try {
+      if (message.length <= WS_PIECE_BYTES) {
+        await this.#drain();
+        this.#ws.send(message);
+      } else {
+        await this.#drain();
+        this.#ws.send(`m ${message.length}`);
+        for (let at = 0; at < message.length; at += WS_PIECE_BYTES) {
+          await this.#drain();
+          this.#ws.send(message.subarray(at, at + WS_PIECE_BYTES));
+        }
+      }
+      this.#armKicks();
+    } catch (error) {
+      if (this.#ended) throw this.#sendError();
+      throw transportError(`sending to ${this.remote} failed`, error);
+    }
+    this.#sentBytes += message.length;
+  }
+
+  /** (Re)starts the no-op messages that flush a stuck `wss:` tail. */
+  #armKicks(): void {
+    if (!this.#kicks) return;
+    clearTimeout(this.#kickTimer);
+    this.#kickStep = 0;
+    this.#kickTimer = setTimeout(this.#onKickTimer, KICK_DELAYS_MS[0]);
+  }
+
+  #onKickTimer = (): void => {
+    this.#kickTimer = undefined;
+    this.#kick();
+    if (++this.#kickStep < KICK_DELAYS_MS.length && !this.#ended) {
+      this.#kickTimer = setTimeout(
+        this.#onKickTimer,
+        KICK_DELAYS_MS[this.#kickStep],
+      );
+    }
+  };
+
+  #kick(): void {
+    if (this.#ended || this.#ws.readyState !== WebSocket.OPEN) return;
+    try {
+      this.#ws.send("k");
+    } catch {
+      // Closing: nothing left to flush.
+    }
+  }
+
+  /** Waits while the socket holds more than a window of unsent bytes. */
+  async #drain(): Promise<void> {
+    while (!this.#ended && this.#ws.bufferedAmount > WS_WINDOW_BYTES) {
+      await sleep(DRAIN_POLL_MS);
+    }
+    if (this.#ended) throw this.#sendError();
+  }
+
+  async receive(): Promise<Uint8Array | null> {
+    while (true) {
+      if (this.#localClosed) return null;
+      if (this.#queueHead < this.#queue.length) {
+        const message = this.#queue[this.#queueHead];
+        this.#queue[this.#queueHead++] = EMPTY;
+        if (
+          this.#queueHead >= 64 && this.#queueHead * 2 >= this.#queue.length
+        ) {
+          this.#queue = this.#queue.slice(this.#queueHead);
+          this.#queueHead = 0;
+        }
+        this.#takenBytes += message.length;
+        this.#maybeAck();
+        return message;
+      }
+      if (this.#broken) throw this.#broken;
+      if (this.#ended) return null;
+      this.#dataWaiter ??= Promise.withResolvers();
+      await this.#dataWaiter.promise;
+    }
+  }
+
+  #maybeAck(): void {
+    if (
+      this.#takenBytes - this.#lastAck >= WS_WINDOW_BYTES / 4 &&
+      this.#ws.readyState === WebSocket.OPEN
+    ) {
+      this.#lastAck = this.#takenBytes;
+      this.#ws.send(`a ${this.#takenBytes}`);
+    }
+  }
+
+  #deliver(message: Uint8Array): void {
+    this.#queue.push(message);
+    this.#dataWaiter?.resolve();
+    this.#dataWaiter = null;
+  }
+
+  #onMessage(data: unknown): void {
+    if (this.#ended) return;
+    if (typeof data === "string") {
+      const value = Number(data.slice(2));
+      if (data === "k") return;
+      if (data.startsWith("a ") && Number.isSafeInteger(value)) {
+        this.#ackedBytes = Math.max(this.#ackedBytes, value);
+        this.#creditWaiter?.resolve();
+        this.#creditWaiter = null;
+      } else if (
+        data.startsWith("m ") && Number.isSafeInteger(value) && value >= 0 &&
+        !this.#assembling
+      ) {
+        if (value > this.#max) {
+          this.#fail(CLOSE_TOO_BIG, tooBig(value, this.#max));
+          return;
+        }
+        this.#assembling = { buffer: new Uint8Array(value), filled: 0 };
+      } else {
+        this.#fail(
+          CLOSE_PROTOCOL_ERROR,
+          `unexpected control message ${JSON.stringify(data.slice(0, 40))}`,
+        );
+      }
+      return;
+    }
+    if (!(data instanceof ArrayBuffer)) {
+      this.#fail(CLOSE_PROTOCOL_ERROR, "expected binary (ArrayBuffer) data");
+      return;
+    }
+    const bytes = new Uint8Array(data);
+    const assembling = this.#assembling;
+    if (assembling) {
+      if (assembling.filled + bytes.length > assembling.buffer.length) {
+        this.#fail(
+          CLOSE_PROTOCOL_ERROR,
+          `a piece overflows its announced message of ${assembling.buffer.length} bytes`,
+        );
+        return;
+      }
+      assembling.buffer.set(bytes, assembling.filled);
+      assembling.filled += bytes.length;
+      if (assembling.filled === assembling.buffer.length) {
+        this.#assembling = null;
+        this.#deliver(assembling.buffer);
+      }
+      return;
+    }
+    if (bytes.length > this.#max) {
+      this.#fail(CLOSE_TOO_BIG, tooBig(bytes.length, this.#max));
+      return;
+    }
+    this.#deliver(bytes);
+  }
+
+  /** Breaks the connection for a reason found here; tells the peer with `code`. */
+  #fail(code: number, reason: string): void {
+    this.#broken ??= new TransportError(
+      `connection from ${this.remote} failed: ${reason}`,
+    );
+    this.#end(reason);
+    try {
+      // Close reasons are limited to 123 bytes.
+      this.#ws.close(code, reason.slice(0, 120));
+    } catch {
+      // Already closing.
+    }
+  }
+
+  #end(reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#endReason = reason;
+    clearTimeout(this.#kickTimer);
+    this.#kickTimer = undefined;
+    this.#dataWaiter?.resolve();
+    this.#dataWaiter = null;
+    this.#creditWaiter?.resolve();
+    this.#creditWaiter = null;
+  }
+
+  #onClose(event: CloseEvent): void {
+    if (!this.#ended) {
+      if (event.code === CLOSE_NORMAL) {
+        this.#end(`closed by ${this.remote}`);
+      } else {
+        const detail = [
+          `WebSocket close code ${event.code}`,
+          event.reason,
+          this.#errorMessage,
+        ].filter(Boolean).join(": ");
+        this.#broken ??= new TransportError(
+          `connection from ${this.remote} broke (${detail})`,
+        );
+        this.#end(this.#broken.message);
+      }
+    }
+    this.#closeEvent.resolve();
+  }
+
+  close(): Promise<void> {
+    this.#closeDone ??= this.#close();
+    return this.#closeDone;
+  }
+
+  async #close(): Promise<void> {
+    this.#localClosed = true;
+    this.#end("closed locally");
+    const state = this.#ws.readyState;
+    if (state === WebSocket.OPEN || state === WebSocket.CONNECTING) {
+      try {
+        this.#ws.close(CLOSE_NORMAL, "closed");
+      } catch {
+        // Closing already.
+      }
+    }
+    // Wait for the closing handshake (bounded), so nothing is left running.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#closeEvent.promise,
+      new Promise<void>((resolve) => timer = setTimeout(resolve, LINGER_MS)),
+    ]);
+    clearTimeout(timer);
+    await this.#gone();
+  }
+}
+
+function tooBig(size: number, max: number): string {
+  return `a message of ${size} bytes is over the limit of ${max} bytes (maxMessageBytes)`;
+}
+
+/** The current listener of one (app, path) route; routes cannot be removed from hono. */
+interface Mount {
+  listener: WsListener | null;
+}
+
+const mounts = new WeakMap<Hono, Map<string, Mount>>();
+
+/** Adds the WebSocket route for `path` to `app` once; later listeners reuse it. */
+function mount(app: Hono, path: string, url: URL): Mount {
+  let routes = mounts.get(app);
+  if (!routes) {
+    routes = new Map();
+    mounts.set(app, routes);
+  }
+  const existing = routes.get(path);
+  if (existing) return existing;
+  const slot: Mount = { listener: null };
+  const upgrade = upgradeWebSocket((c) => {
+    const listener = slot.listener!;
+    let remote = "unknown";
+    try {
+      const { address, port } = getConnInfo(c).remote;
+      if (address) remote = `${address}:${port}`;
+    } catch {
+      // Served without Deno.serve's connection info: keep "unknown".
+    }
+    return {
+      onOpen: (_event, ws) => listener.opened(ws.raw as WebSocket, remote),
+    };
+  });
+  try {
+    app.get(path, async (c, next) => {
+      if (!slot.listener || slot.listener.isClosed) {
+        return c.text(`no patchwire listener at ${path}`, 503);
+      }
+      const upgraded = await upgrade(c, next);
+      return upgraded ?? c.text("expected a WebSocket upgrade request", 426);
+    });
+  } catch (error) {
+    throw transportError(
+      `cannot listen on ${url.href}: mounting on options.app failed (call listen() before the app serves its first request)`,
+      error,
+    );
+  }
+  routes.set(path, slot);
+  return slot;
+}
+
+class WsListener implements Listener {
+  readonly url: string;
+  readonly #queue = new AcceptQueue();
+  readonly #options: TransportOptions;
+  readonly #slot: Mount;
+  #server: Deno.HttpServer | null = null;
+  #live = 0;
+  #closed = false;
+  #shutdown: Promise<void> | null = null;
+
+  constructor(url: string, slot: Mount, options: TransportOptions) {
+    this.url = url;
+    this.#slot = slot;
+    this.#options = options;
+  }
+
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
+  /** Our own server, which is shut down once the listener and its connections are closed. */
+  set server(server: Deno.HttpServer) {
+    this.#server = server;
+  }
+
+  opened(ws: WebSocket, remote: string): void {
+    this.#live++;
+    const connection = new WsConnection(
+      ws,
+      remote,
+      this.#options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+      () => {
+        this.#live--;
+        return this.#maybeShutdown();
+      },
+    );
+    this.#queue.push(connection);
+  }
+
+  accept(): Promise<Connection | null> {
+    return this.#queue.accept();
+  }
+
+  #maybeShutdown(): Promise<void> {
+    // Shutting the server down closes its WebSockets: wait for the last one.
+    if (this.#closed && this.#live === 0 && this.#server) {
+      this.#shutdown ??= this.#server.shutdown();
+    }
+    return this.#shutdown ?? Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      if (this.#slot.listener === this) this.#slot.listener = null;
+      await this.#queue.close();
+    }
+    await this.#maybeShutdown();
+  }
+}
+
+function wsPath(url: URL): string {
+  return url.pathname === "" || url.pathname === "/"
+    ? DEFAULT_WS_PATH
+    : url.pathname;
+}
+
+/** The `ws:` and `wss:` adapter. */
+export const wsTransport: Transport = {
+  schemes: ["ws:", "wss:"],
+
+  async connect(url: URL, options: TransportOptions = {}): Promise<Connection> {
+    parseHostPort(url, {
+      defaultPort: url.protocol === "wss:" ? 443 : 80,
+      allowPath: true,
+    });
+    const target = new URL(url.href);
+    target.pathname = wsPath(url);
+    const ms = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const caCerts = options.tls?.caCerts;
+    const client = url.protocol === "wss:" && caCerts?.length
+      ? Deno.createHttpClient({ caCerts })
+      : undefined;
+    const ws = new WebSocket(target, client ? { client } : undefined);
+    const connection = new WsConnection(
+      ws,
+      target.host,
+      options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+      () => {
+        client?.close();
+        return Promise.resolve();
+      },
+      url.protocol === "wss:",
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let closedEarly = false;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        ws.addEventListener("open", () => resolve());
+        ws.addEventListener("close", () => {
+          closedEarly = true;
+          reject(new Error("the connection closed during the handshake"));
+        });
+        timer = setTimeout(
+          () =>
+            reject(new Error(`no answer within ${ms} ms (connectTimeoutMs)`)),
+          ms,
+        );
+      });
+    } catch (error) {
+      let detail = error instanceof Error ? error.message : String(error);
+      // The error event's text (e.g. "tcp connect error") says more.
+      if (closedEarly && connection.lastError) detail = connection.lastError;
+      await connection.close();
+      throw new TransportError(`cannot connect to ${url.href}: ${detail}`, {
+        cause: error,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+    return connection;
+  },
+
+  listen(url: URL, options: TransportOptions = {}): Promise<Listener> {
+    try {
+      const secure = url.protocol === "wss:";
+      const { hostname, port } = parseHostPort(url, {
+        defaultPort: secure ? 443 : 80,
+        allowPath: true,
+      });
+      const path = wsPath(url);
+      const app = options.app ?? new Hono();
+      const slot = mount(app, path, url);
+      if (slot.listener && !slot.listener.isClosed) {
+        throw new TransportError(
+          `cannot listen on ${url.href}: another listener is mounted at ${path}`,
+        );
+      }
+      if (options.app) {
+        // The caller serves the app: the URL is theirs to get right.
+        const listener = new WsListener(url.href, slot, options);
+        slot.listener = listener;
+        return Promise.resolve(listener);
+      }
+      const tls = secure ? serverTls(url, options) : {};
+      const server = Deno.serve(
+        { hostname, port, ...tls, onListen: () => {} },
+        app.fetch,
+      );
+      const listener = new WsListener(
+        `${url.protocol}//${url.hostname}:${server.addr.port}${path}`,
+        slot,
+        options,
+      );
+      listener.server = server;
+      slot.listener = listener;
+      return Promise.resolve(listener);
+    } catch (error) {
+      return Promise.reject(
+        transportError(`cannot listen on ${url.href}`, error),
+      );
+    }
+  },
+};
