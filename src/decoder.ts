@@ -44,6 +44,24 @@ export interface DecoderOptions {
   zstd?: Zstd;
 }
 
+/** One staged piece of an epoch: new bytes for `bytes.length` bytes of image `slot` at `offset`. */
+export interface StagedRange {
+  slot: number;
+  offset: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * Called once an epoch is verified and before anything is applied, with every
+ * range it writes (views valid during the call): a durable backup journals
+ * them here. If it throws, the epoch is rejected and nothing is applied.
+ */
+export type OnStaged = (
+  epoch: number,
+  ranges: StagedRange[],
+  digests: { lo: number; hi: number }[],
+) => void;
+
 /** What applying one epoch did. */
 export interface AppliedEpoch {
   epoch: number;
@@ -110,6 +128,24 @@ export class EpochDecoder {
   /** The last epoch applied (0: the all-zero start). */
   get epoch(): number {
     return this.#epoch;
+  }
+
+  /** Called with the staged ranges of each verified epoch before it is applied. */
+  onStaged: OnStaged | null = null;
+
+  /**
+   * Replaces every image with `contents` as the committed state of `epoch`
+   * (a stored replica, or a base sync) and drops any pending frames.
+   */
+  load(epoch: number, contents: Uint8Array[]): void {
+    if (contents.length !== this.images.length) {
+      throw new RangeError(
+        `expected ${this.images.length} images, got ${contents.length}`,
+      );
+    }
+    this.images.forEach((image, s) => image.reset(contents[s]));
+    this.#epoch = epoch;
+    this.#drop();
   }
 
   /**
@@ -302,6 +338,42 @@ export class EpochDecoder {
         );
       }
     });
+    if (this.onStaged) {
+      const ranges: StagedRange[] = [];
+      for (let i = 0; i < units; i++) {
+        const image = this.images[uSlot[i]];
+        const off = uBlock[i] * bs, pos = uPos[i];
+        const real = Math.min(uBlocks[i] * bs, image.size - off);
+        const last = ranges[ranges.length - 1];
+        // Units staged back to back for adjacent bytes become one range.
+        if (
+          last && last.slot === uSlot[i] &&
+          last.offset + last.bytes.length === off &&
+          last.bytes.byteOffset + last.bytes.length === pos
+        ) {
+          ranges[ranges.length - 1] = {
+            slot: last.slot,
+            offset: last.offset,
+            bytes: staged.subarray(pos - last.bytes.length, pos + real),
+          };
+          continue;
+        }
+        ranges.push({
+          slot: uSlot[i],
+          offset: off,
+          bytes: staged.subarray(pos, pos + real),
+        });
+      }
+      try {
+        this.onStaged(
+          epoch,
+          ranges,
+          commit.images.map((ci) => ({ lo: ci.digestLo, hi: ci.digestHi })),
+        );
+      } catch (e) {
+        fail(`the staged epoch could not be stored: ${(e as Error).message}`);
+      }
+    }
     const t1 = performance.now();
 
     // Apply: nothing below can fail.

@@ -226,6 +226,38 @@ export class EpochEncoder {
     return this.#epoch;
   }
 
+  /**
+   * Starts the model from known contents at `epoch` instead of all-zero epoch
+   * 0: a promoted backup continues from its last committed checkpoint, so
+   * peers at that epoch carry on incrementally.
+   */
+  seed(epoch: number, contents: Uint8Array[]): void {
+    if (!Number.isSafeInteger(epoch) || epoch < 0) {
+      throw new RangeError(
+        `epoch must be a non-negative integer, got ${epoch}`,
+      );
+    }
+    if (contents.length !== this.images.length) {
+      throw new RangeError(
+        `expected ${this.images.length} images, got ${contents.length}`,
+      );
+    }
+    this.images.forEach((image, s) => image.reset(contents[s]));
+    this.index.rebuild();
+    if (this.#anchors) {
+      this.images.forEach((image, s) => {
+        for (let p = 0; p < image.pages; p++) {
+          this.#anchors!.insertPage(
+            image.words,
+            p * (PAGE_SIZE / 4),
+            this.#pages.globalPage(s, p),
+          );
+        }
+      });
+    }
+    this.#epoch = epoch;
+  }
+
   /** Bytes of memory the encoder's model holds (committed copies, hashes, index). */
   get modelBytes(): number {
     let n = this.index.byteLength + (this.#anchors?.byteLength ?? 0);
@@ -239,8 +271,16 @@ export class EpochEncoder {
   /**
    * Encodes the next epoch from the images' current contents (one per image,
    * in the order given to the constructor, each exactly its size).
+   *
+   * `dirtyPages`, per image, may name the pages that can have changed (a
+   * source's dirty log: bit `p & 31` of word `p >>> 5`); only those are
+   * hashed. Pages it leaves out must be unchanged. null or absent: the
+   * whole image is scanned.
    */
-  encode(current: Uint8Array[]): EncodedEpoch {
+  encode(
+    current: Uint8Array[],
+    dirtyPages?: (Uint32Array | null)[],
+  ): EncodedEpoch {
     const t0 = performance.now();
     if (current.length !== this.images.length) {
       throw new RangeError(
@@ -282,11 +322,10 @@ export class EpochEncoder {
       w.dirty.fill(0);
       w.dirtyPages.clear();
       w.chunks = 0;
-      stats.dirtyBlocks += this.hasher.scanDirty(
-        current[s],
-        this.images[s].hashes,
-        w.dirty,
-      );
+      const hint = dirtyPages?.[s];
+      stats.dirtyBlocks += hint && this.images[s].blocksPerPage % 32 === 0
+        ? this.#scanHinted(s, current[s], hint)
+        : this.hasher.scanDirty(current[s], this.images[s].hashes, w.dirty);
       stats.imageBytes += this.images[s].size;
     }
     const t1 = performance.now();
@@ -329,6 +368,46 @@ export class EpochEncoder {
     stats.totalMs = t3 - t0;
     this.#epoch = epoch;
     return { epoch, frames, stats };
+  }
+
+  /** Scans only the runs of pages a dirty log names. */
+  #scanHinted(slot: number, cur: Uint8Array, hint: Uint32Array): number {
+    const image = this.images[slot];
+    const dirty = this.#work[slot].dirty;
+    const bpp = image.blocksPerPage;
+    const wordsPerPage = bpp >>> 5;
+    const need = Math.ceil(image.pages / 32);
+    if (hint.length < need) {
+      throw new RangeError(
+        `dirty page bitmap of "${image.id}" has ${hint.length} words, expected ${need}`,
+      );
+    }
+    let count = 0;
+    let p = 0;
+    while (p < image.pages) {
+      const word = hint[p >>> 5];
+      if (word === 0 && (p & 31) === 0) {
+        p += 32;
+        continue;
+      }
+      if (((word >>> (p & 31)) & 1) === 0) {
+        p++;
+        continue;
+      }
+      let end = p + 1;
+      while (end < image.pages && ((hint[end >>> 5] >>> (end & 31)) & 1)) end++;
+      const from = p * PAGE_SIZE, to = Math.min(end * PAGE_SIZE, image.size);
+      count += this.hasher.scanDirty(
+        cur.subarray(from, to),
+        image.hashes.subarray(
+          2 * p * bpp,
+          2 * Math.min(end * bpp, image.blocks),
+        ),
+        dirty.subarray(p * wordsPerPage, end * wordsPerPage),
+      );
+      p = end;
+    }
+    return count;
   }
 
   #encodeImage(

@@ -81,6 +81,24 @@ export class ImageState {
     this.digest.addAll(this.hashes, this.blocks);
   }
 
+  /**
+   * Replaces the committed contents with `contents` (exactly `size` bytes) and
+   * recomputes every hash and the digest: loading a stored image, or a base sync.
+   */
+  reset(contents: Uint8Array): void {
+    if (contents.length !== this.size) {
+      throw new RangeError(
+        `image "${this.id}": new contents are ${contents.length} bytes, expected ${this.size}`,
+      );
+    }
+    this.committed.set(contents);
+    this.committed.fill(0, this.size);
+    this.hasher.hashAll(this.committed.subarray(0, this.size), this.hashes);
+    this.digest.lo = 0;
+    this.digest.hi = 0;
+    this.digest.addAll(this.hashes, this.blocks);
+  }
+
   /** Length of page `page` within the image (PAGE_SIZE except maybe the last). */
   pageLength(page: number): number {
     return Math.min(PAGE_SIZE, this.size - page * PAGE_SIZE);

@@ -76,6 +76,11 @@ export class SyntheticWorkload {
   readonly specs: ImageSpec[];
   readonly rng: Rng;
   readonly dirtyFraction: number;
+  /**
+   * Per image, a bitmap of the pages the last {@linkcode step} wrote (bit
+   * `p & 31` of word `p >>> 5`): the dirty log a hypervisor would keep.
+   */
+  readonly touched: Uint32Array[];
   #hot: Uint32Array[];
 
   constructor(options: SyntheticOptions = {}) {
@@ -91,6 +96,9 @@ export class SyntheticWorkload {
     this.dirtyFraction = options.dirtyFraction ?? 0.02;
     this.specs = Array.from({ length: n }, (_, i) => ({ id: `img${i}`, size }));
     this.images = this.specs.map(() => new Uint8Array(size));
+    this.touched = this.specs.map(() =>
+      new Uint32Array(Math.ceil(Math.ceil(size / PAGE) / 32))
+    );
     // A "kernel" region common to all images, then private data.
     const shared = new Uint8Array(Math.min(size, 64 * PAGE) & ~(PAGE - 1));
     this.#fillMemoryLike(shared, 0, shared.length);
@@ -142,11 +150,19 @@ export class SyntheticWorkload {
 
   /** Advances every image by one epoch's worth of changes. */
   step(): void {
-    this.images.forEach((image, i) => this.#mutate(image, this.#hot[i]));
+    this.images.forEach((image, i) => {
+      this.touched[i].fill(0);
+      this.#mutate(image, this.#hot[i], this.touched[i]);
+    });
   }
 
-  #mutate(image: Uint8Array, hot: Uint32Array): void {
+  #mutate(image: Uint8Array, hot: Uint32Array, touched: Uint32Array): void {
     const rng = this.rng;
+    const mark = (from: number, to: number) => {
+      for (let p = Math.floor(from / PAGE); p * PAGE < to; p++) {
+        touched[p >>> 5] |= 1 << (p & 31);
+      }
+    };
     const pages = Math.ceil(image.length / PAGE);
     const touches = Math.max(1, Math.round(pages * this.dirtyFraction));
     const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
@@ -156,6 +172,7 @@ export class SyntheticWorkload {
       const page = rng.int(10) < 8 ? hot[rng.int(hot.length)] : rng.int(pages);
       const off = page * PAGE;
       const end = pageEnd(page);
+      mark(off, end);
       if (r < 50) {
         // Sparse word writes: counters and pointers.
         const n = 1 + rng.int(8);
@@ -174,6 +191,7 @@ export class SyntheticWorkload {
         const src = rng.int(pages - 1) * PAGE;
         image.copyWithin(off, src, src + (end - off));
         image.fill(0, src, src + PAGE);
+        mark(src, src + PAGE);
       } else if (r < 72) {
         image.fill(0, off, end); // free
       } else if (r < 80) {
@@ -195,6 +213,7 @@ export class SyntheticWorkload {
         const src = rng.int(Math.max(1, image.length - len));
         const dst = rng.int(Math.max(1, image.length - len));
         image.copyWithin(dst, src, src + len);
+        mark(dst, dst + len);
       }
     }
   }
