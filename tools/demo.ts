@@ -1,103 +1,166 @@
 /**
- * `deno task demo`: the codec end to end on embedded defaults. A synthetic
- * multi-image workload is encoded epoch by epoch and applied to two
- * in-process receivers; every epoch prints a line and the end verifies that
- * both receivers hold exactly the primary's images.
+ * `deno task demo`: the whole system on loopback with embedded defaults. A
+ * primary with a synthetic multi-image workload → one relay → three backups,
+ * one over TCP, one over QUIC, one over WebSocket; 50 epochs with a line
+ * each; then every backup's store is checked against the primary's last
+ * committed checkpoint.
  * @module
  */
 
 import { formatBytes, intOption, parseArgs, runMain } from "../src/_cli.ts";
-import { EpochDecoder } from "../src/decoder.ts";
-import { EpochEncoder } from "../src/encoder.ts";
 import { parseLevel } from "../src/level.ts";
 import { bytesEqual } from "../src/replay.ts";
-import { parseSyntheticSpec, SyntheticWorkload } from "../src/synthetic.ts";
+import { openSource } from "../src/source.ts";
+import { Primary } from "../src/primary.ts";
+import { Relay } from "../src/relay.ts";
+import { Backup } from "../src/backup.ts";
+import { AckLevel } from "../src/protocol.ts";
+import { makeDevCerts } from "../src/_dev_certs.ts";
 
 const USAGE =
-  `usage: deno task demo [--epochs N] [--level fast|max] [--synthetic SPEC]
+  `usage: deno task demo [--epochs N] [--level fast|max] [--synthetic SPEC] [--interval MS]
 
-Encodes a synthetic workload (default: 3 images of 16 MiB, 2% of pages touched
-per epoch) for N epochs (default 30), applies every epoch to two in-process
-receivers, prints one line per epoch and verifies the receivers at the end.
-SPEC is key=value pairs: images=3,size=16M,seed=1,dirty=0.02`;
+Starts on loopback, in one process with real sockets: a primary replicating a
+synthetic workload (default: 3 images of 16 MiB, 2% of pages touched per
+epoch) → a relay → three backups (tcp:, quic:, ws:), each with its own store
+in a temporary directory. Commits N epochs (default 50; policy all/applied at
+the primary and the relay), printing one line per epoch, then checks that every
+backup's stored images equal the primary's last committed checkpoint.
 
-await runMain(USAGE, () => {
-  const args = parseArgs(Deno.args, ["epochs", "level", "synthetic"], ["help"]);
+  --synthetic SPEC  key=value pairs: images=3,size=16M,seed=1,dirty=0.02
+  --interval MS     pause between checkpoints (default 0: back to back)`;
+
+await runMain(USAGE, async () => {
+  const args = parseArgs(Deno.args, [
+    "epochs",
+    "level",
+    "synthetic",
+    "interval",
+  ], ["help"]);
   if (args.options.has("help")) {
     console.log(USAGE);
     return;
   }
   const epochs = intOption(
-    args.options.get("epochs")?.at(-1) ?? "30",
+    args.options.get("epochs")?.at(-1) ?? "50",
     "epochs",
     1,
   );
-  const level = parseLevel(args.options.get("level")?.at(-1) ?? "fast");
-  const spec = {
-    images: 3,
-    size: 16 << 20,
-    ...parseSyntheticSpec(args.options.get("synthetic")?.at(-1) ?? ""),
-  };
-  const workload = new SyntheticWorkload(spec);
-  const encoder = new EpochEncoder(workload.specs, { level });
-  const receivers = [
-    new EpochDecoder(workload.specs),
-    new EpochDecoder(workload.specs),
-  ];
-  console.log(
-    `patchwire demo: ${workload.specs.length} images x ${
-      formatBytes(workload.specs[0].size)
-    }, level ${level}, ${receivers.length} receivers, ${epochs} epochs (hasher ${encoder.hasher.kind}, zstd ${encoder.zstd.backend})`,
+  const interval = intOption(
+    args.options.get("interval")?.at(-1) ?? "0",
+    "interval",
   );
-  let wire = 0, dirty = 0;
-  for (let e = 1; e <= epochs; e++) {
-    if (e > 1) workload.step();
-    const { frames, stats } = encoder.encode(workload.images);
-    const applied = receivers.map((r) => r.applyEpoch(frames));
-    const dirtyBytes = stats.dirtyPages * 4096;
-    if (e > 1) {
-      wire += stats.wireBytes;
-      dirty += dirtyBytes;
-    }
-    console.log(
-      `epoch ${String(e).padStart(3)}  dirty ${
-        String(stats.dirtyPages).padStart(5)
-      } pages  shared ${
-        String(stats.sharedBlocks).padStart(4)
-      } blocks  refs same/other/zero ${stats.refs.same}/${stats.refs.other}/${stats.refs.zero}  wire ${
-        formatBytes(stats.wireBytes).padStart(10)
-      }  ${
-        (dirtyBytes / Math.max(1, stats.wireBytes)).toFixed(1).padStart(5)
-      }x less than dirty pages  encode ${
-        stats.totalMs.toFixed(1).padStart(6)
-      } ms  apply ${
-        (applied[0].decodeMs + applied[0].applyMs).toFixed(1).padStart(6)
-      } ms${e === 1 ? "  (initial sync)" : ""}`,
+  const level = parseLevel(args.options.get("level")?.at(-1) ?? "fast");
+  const spec = args.options.get("synthetic")?.at(-1) ??
+    "images=3,size=16M,seed=1,dirty=0.02";
+  const quiet = () => {};
+  const certs = await makeDevCerts();
+  const tls = { cert: certs.cert, key: certs.key, caCerts: [certs.caCert] };
+  const dir = await Deno.makeTempDir({ prefix: "patchwire-demo-" });
+  const listens = [
+    "tcp://127.0.0.1:0",
+    "quic://127.0.0.1:0",
+    "ws://127.0.0.1:0/patchwire",
+  ];
+  const backups: Backup[] = [];
+  for (let i = 0; i < listens.length; i++) {
+    backups.push(
+      await Backup.open({
+        listen: listens[i],
+        store: `${dir}/backup${i + 1}`,
+        transport: { tls },
+        note: quiet,
+      }),
     );
   }
-  let ok = true;
-  receivers.forEach((r, ri) =>
-    workload.images.forEach((image, i) => {
-      const same = bytesEqual(
-        r.images[i].committed.subarray(0, image.length),
-        image,
-      );
-      if (!same) {
-        console.log(`receiver ${ri}: image ${workload.specs[i].id} DIFFERS`);
-      }
-      ok &&= same;
-    })
-  );
+  const policy = { who: { kind: "all" as const }, level: AckLevel.applied };
+  const relay = await Relay.open({
+    listen: "tcp://127.0.0.1:0",
+    to: backups.map((b) => b.url),
+    ack: policy,
+    transport: { tls },
+    link: { transport: { tls } },
+    note: quiet,
+  });
+  const source = await openSource(`synthetic:${spec}`);
+  const primary = new Primary(source, {
+    to: [relay.url],
+    ack: policy,
+    level,
+    intervalMs: null,
+    link: { transport: { tls } },
+    note: (l) => console.error(`  primary: ${l}`),
+  });
+  primary.start();
   console.log(
-    `\nsummary: epochs 2-${epochs} sent ${formatBytes(wire)} for ${
+    `patchwire demo: ${source.images.length} images × ${
+      formatBytes(source.images[0].size)
+    } (${source.name}), level ${level}
+  primary → relay ${relay.url} → backups ${backups.map((b) => b.url).join(", ")}
+  ack policy all/applied at the primary and the relay; stores under ${dir}`,
+  );
+  let wire = 0, dirty = 0;
+  const started = performance.now();
+  for (let e = 1; e <= epochs; e++) {
+    const r = await primary.checkpoint();
+    if (e > 1) {
+      wire += r.wireBytes;
+      dirty += r.dirtyBytes;
+    }
+    const lags = relay.links.map((l) => primary.epoch - l.acks.epochs[1]);
+    console.log(
+      `epoch ${String(r.epoch).padStart(3)}  dirty ${
+        formatBytes(r.dirtyBytes).padStart(9)
+      }  wire ${formatBytes(r.wireBytes).padStart(9)}  ${
+        (r.dirtyBytes / Math.max(1, r.wireBytes)).toFixed(1).padStart(6)
+      }x less  commit ${
+        r.commitMs.toFixed(1).padStart(6)
+      } ms  lag tcp/quic/ws ${lags.join("/")}${
+        e === 1 ? "  (initial sync)" : ""
+      }`,
+    );
+    if (interval) await new Promise((res) => setTimeout(res, interval));
+  }
+  const seconds = (performance.now() - started) / 1000;
+
+  // Every backup's store must equal the primary's last committed checkpoint.
+  const committed = primary.committed;
+  let ok = true;
+  for (const [bi, b] of backups.entries()) {
+    const name = ["tcp", "quic", "ws"][bi];
+    if (b.epoch !== committed) {
+      console.log(`backup ${name}: at epoch ${b.epoch}, expected ${committed}`);
+      ok = false;
+      continue;
+    }
+    for (const image of primary.encoder.images) {
+      const stored = await Deno.readFile(`${b.store.dir}/${image.id}.img`);
+      const same = bytesEqual(stored, image.committed.subarray(0, image.size));
+      if (!same) {
+        console.log(`backup ${name}: ${image.id}.img DIFFERS`);
+        ok = false;
+      }
+    }
+  }
+  const status = primary.status() as { commitMs: { p50: number; p99: number } };
+  console.log(
+    `\nsummary: ${epochs} epochs in ${
+      seconds.toFixed(1)
+    } s; epochs 2-${epochs} sent ${formatBytes(wire)} for ${
       formatBytes(dirty)
     } of dirty pages (${
       (dirty / Math.max(1, wire)).toFixed(1)
-    }x less); verification: ${
-      ok ? `every receiver equals the primary at epoch ${epochs}` : "FAILED"
+    }x less); commit p50 ${status.commitMs.p50.toFixed(1)} ms, p99 ${
+      status.commitMs.p99.toFixed(1)
+    } ms\nverification: ${
+      ok
+        ? `all 3 backups' stored images equal the primary's committed epoch ${committed}`
+        : "FAILED"
     }`,
   );
-  encoder.close();
-  receivers.forEach((r) => r.close());
+  await primary.stop();
+  await relay.close();
+  for (const b of backups) await b.close();
+  await Deno.remove(dir, { recursive: true });
   if (!ok) Deno.exit(1);
 });

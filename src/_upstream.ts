@@ -1,0 +1,210 @@
+/**
+ * The downstream side of a link, shared by relays and backups: accepts the
+ * upstream's connection (one at a time; a new one replaces the old), checks
+ * its token, answers with the replica's state, then applies epochs and base
+ * syncs to the replica and acks.
+ * @module
+ */
+
+import type { Connection, Listener } from "./transport.ts";
+import { type AppliedEpoch, DecodeError, EpochDecoder } from "./decoder.ts";
+import {
+  type AckLevel,
+  type Base,
+  decodeControl,
+  encodeControl,
+  type Hello,
+  type ImageDigestInfo,
+  isControl,
+  isFrame,
+} from "./protocol.ts";
+import { BaseReceiver } from "./base_sync.ts";
+
+/** What the role does with what arrives. */
+export interface ReplicaHooks {
+  readonly token: string;
+  note(line: string): void;
+  /** The decoder for the images a HELLO names (the current one if they match, else a new all-zero one). */
+  prepare(hello: Hello): EpochDecoder;
+  /** An epoch was verified and applied; returns the level to ack now, or null (the role acks later). */
+  applied(
+    epoch: number,
+    frames: Uint8Array[],
+    applied: AppliedEpoch,
+  ): AckLevel | null;
+  /** The STATE answer went out: the upstream is connected (acks restart from what the replica holds). */
+  connected(epoch: number): void;
+  /** A base sync finished and verified; the role installs it; returns the level to ack now, or null. */
+  based(
+    epoch: number,
+    contents: Uint8Array[],
+    images: ImageDigestInfo[],
+  ): AckLevel | null;
+}
+
+/** The replica's images and digests, as STATE and /status name them. */
+export function digestsOf(decoder: EpochDecoder): ImageDigestInfo[] {
+  return decoder.images.map((i) => {
+    const d = i.digestValue();
+    return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
+  });
+}
+
+/** Serves the upstream link of a relay or backup. */
+export class UpstreamServer {
+  remote: string | null = null;
+  connects = 0;
+  bytesReceived = 0;
+  lastError: string | null = null;
+  /** Whether the current upstream asked for durable acks. */
+  durable = false;
+  #conn: Connection | null = null;
+  #session: Promise<void> | null = null;
+  #run: Promise<void> | null = null;
+  #closed = false;
+
+  constructor(readonly listener: Listener, readonly hooks: ReplicaHooks) {}
+
+  /** Starts accepting. */
+  start(): void {
+    this.#run ??= this.#accept();
+  }
+
+  /** True while an upstream is connected. */
+  get connected(): boolean {
+    return this.#conn !== null;
+  }
+
+  /** Acks `epoch` at `level` to the current upstream, if any (lost acks are re-earned after a reconnect). */
+  async ack(epoch: number, level: AckLevel): Promise<void> {
+    try {
+      await this.#conn?.send(encodeControl({ type: "ack", epoch, level }));
+    } catch {
+      // The connection broke; the upstream reconnects and learns our state.
+    }
+  }
+
+  /** Stops accepting and drops the upstream. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.listener.close();
+    await this.#conn?.close();
+    await this.#session;
+    await this.#run;
+  }
+
+  async #accept(): Promise<void> {
+    while (!this.#closed) {
+      let conn: Connection | null;
+      try {
+        conn = await this.listener.accept();
+      } catch (e) {
+        if (this.#closed) break;
+        this.hooks.note(`accept failed: ${(e as Error).message}`);
+        continue;
+      }
+      if (!conn) break;
+      if (this.#conn) {
+        this.hooks.note(
+          `upstream ${conn.remote} connected: replacing ${this.remote}`,
+        );
+        await this.#conn.close();
+        await this.#session;
+      }
+      this.#conn = conn;
+      this.remote = conn.remote;
+      this.#session = this.#serve(conn).finally(() => {
+        if (this.#conn === conn) {
+          this.#conn = null;
+          this.remote = null;
+        }
+      });
+    }
+  }
+
+  async #serve(conn: Connection): Promise<void> {
+    try {
+      const first = await conn.receive();
+      if (first === null) return;
+      if (!isControl(first)) {
+        throw new DecodeError("expected hello, got a frame");
+      }
+      const hello = decodeControl(first);
+      if (hello.type !== "hello") {
+        throw new DecodeError(`expected hello, got ${hello.type}`);
+      }
+      if (hello.token !== this.hooks.token) {
+        await conn.send(encodeControl({
+          type: "error",
+          message: "authentication failed: wrong token",
+        }));
+        this.hooks.note(`upstream ${conn.remote} refused: wrong token`);
+        return;
+      }
+      this.connects++;
+      this.durable = hello.durable;
+      let decoder = this.hooks.prepare(hello);
+      await conn.send(encodeControl({
+        type: "state",
+        epoch: decoder.epoch,
+        images: digestsOf(decoder),
+      }));
+      this.hooks.note(
+        `upstream ${conn.remote} connected at its epoch ${hello.epoch}; this replica is at epoch ${decoder.epoch}`,
+      );
+      this.hooks.connected(decoder.epoch);
+      const base = new BaseReceiver(hello.images, decoder.hasher, decoder.zstd);
+      let frames: Uint8Array[] = [];
+      for (;;) {
+        const bytes = await conn.receive();
+        if (bytes === null) break;
+        this.bytesReceived += bytes.length;
+        if (isFrame(bytes)) {
+          frames.push(bytes);
+          const applied = decoder.receive(bytes);
+          if (applied) {
+            const epochFrames = frames;
+            frames = [];
+            const level = this.hooks.applied(
+              applied.epoch,
+              epochFrames,
+              applied,
+            );
+            if (level !== null) await this.ack(applied.epoch, level);
+          }
+          continue;
+        }
+        const m = decodeControl(bytes);
+        if (m.type === "base") {
+          base.add(m as Base);
+        } else if (m.type === "base_end") {
+          const contents = base.finish(m);
+          const level = this.hooks.based(m.epoch, contents, m.images);
+          decoder = this.hooks.prepare(hello);
+          frames = [];
+          this.hooks.note(`base sync of epoch ${m.epoch} installed`);
+          if (level !== null) await this.ack(m.epoch, level);
+        } else if (m.type === "error") {
+          throw new Error(`upstream says: ${m.message}`);
+        } else {
+          throw new DecodeError(`unexpected ${m.type} from upstream`);
+        }
+      }
+    } catch (e) {
+      const msg = (e as Error).message;
+      this.lastError = msg;
+      if (!this.#closed) {
+        this.hooks.note(`upstream ${conn.remote}: ${msg}`);
+        try {
+          await conn.send(encodeControl({ type: "error", message: msg }));
+        } catch {
+          // already broken
+        }
+      }
+    } finally {
+      await conn.close();
+    }
+  }
+}
+
+export { EpochDecoder };

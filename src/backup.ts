@@ -1,0 +1,272 @@
+/**
+ * The backup: receives epochs from its upstream, verifies and applies each
+ * one atomically to its store (`DIR/ID.img` always equals one committed
+ * checkpoint), acks, and can be promoted to a primary that carries on from
+ * its last committed epoch.
+ * @module
+ */
+
+import { listen } from "../transports/mod.ts";
+import type { TransportOptions } from "./transport.ts";
+import { EpochDecoder } from "./decoder.ts";
+import { BackupStore, type StoredState } from "./backup_store.ts";
+import { AckLevel, type Hello, type ImageDigestInfo } from "./protocol.ts";
+import { digestsOf, type ReplicaHooks, UpstreamServer } from "./_upstream.ts";
+import { Primary, type PrimaryOptions } from "./primary.ts";
+import { FileSource, MultiSource } from "./source.ts";
+import { formatDigest } from "./digest.ts";
+
+/** Options of {@linkcode Backup.open}. */
+export interface BackupOptions {
+  /** URL to accept the upstream on. */
+  listen: string;
+  /** Store directory. */
+  store: string;
+  /** Token the upstream must present. Default "". */
+  token?: string;
+  transport?: TransportOptions;
+  note?: (line: string) => void;
+}
+
+/** What promotion needs: the primary's options (its source is the store's images). */
+export type PromoteOptions = Omit<PrimaryOptions, "seed">;
+
+/**
+ * @example
+ * ```ts
+ * const backup = await Backup.open({ listen: "tcp://0.0.0.0:7001", store: "/var/lib/patchwire" });
+ * // …later, when the primary is gone:
+ * const primary = await backup.promote({ to: ["tcp://other-backup:7001"], intervalMs: 100 });
+ * ```
+ */
+export class Backup implements ReplicaHooks {
+  readonly role = "backup";
+  readonly token: string;
+  decoder: EpochDecoder | null = null;
+  upstream: UpstreamServer;
+  appliedEpochs = 0;
+  promoted: Primary | null = null;
+  #note: (line: string) => void;
+
+  private constructor(
+    readonly store: BackupStore,
+    readonly url: string,
+    upstream: (b: Backup) => UpstreamServer,
+    options: BackupOptions,
+  ) {
+    this.token = options.token ?? "";
+    this.#note = options.note ?? ((l) => console.error(l));
+    const state = store.state;
+    if (state) {
+      this.decoder = this.#load(state);
+    }
+    this.upstream = upstream(this);
+  }
+
+  /** Opens the store (recovering it after a crash) and starts listening. */
+  static async open(options: BackupOptions): Promise<Backup> {
+    const store = BackupStore.open(options.store);
+    let backup: Backup | null = null;
+    try {
+      const listener = await listen(options.listen, options.transport);
+      backup = new Backup(
+        store,
+        listener.url,
+        (b) => new UpstreamServer(listener, b),
+        options,
+      );
+    } catch (e) {
+      store.close();
+      throw e;
+    }
+    backup.upstream.start();
+    return backup;
+  }
+
+  /** The last committed epoch (0 for an empty store). */
+  get epoch(): number {
+    return this.decoder?.epoch ?? 0;
+  }
+
+  note(line: string): void {
+    this.#note(line);
+  }
+
+  #load(state: StoredState): EpochDecoder {
+    const decoder = new EpochDecoder(state.images);
+    const contents = state.images.map((img, s) => {
+      const bytes = new Uint8Array(img.size);
+      this.store.readImage(s, bytes);
+      return bytes;
+    });
+    decoder.load(state.epoch, contents);
+    decoder.images.forEach((image, s) => {
+      const d = image.digestValue();
+      const want = state.images[s];
+      if (d.lo !== want.digestLo || d.hi !== want.digestHi) {
+        throw new Error(
+          `store ${this.store.dir}: image "${image.id}" has digest ${
+            formatDigest(d)
+          }, its state says ${
+            formatDigest({
+              size: want.size,
+              lo: want.digestLo,
+              hi: want.digestHi,
+            })
+          } for epoch ${state.epoch}`,
+        );
+      }
+    });
+    this.#attach(decoder);
+    return decoder;
+  }
+
+  #attach(decoder: EpochDecoder): void {
+    decoder.onStaged = (epoch, ranges, digests) => {
+      const images = decoder.images.map((i, s) => ({
+        id: i.id,
+        size: i.size,
+        digestLo: digests[s].lo,
+        digestHi: digests[s].hi,
+      }));
+      if (!this.#storeMatches(decoder)) {
+        // A fresh replica: the store first takes the all-zero epoch it starts from.
+        this.store.replaceAll(
+          { epoch: decoder.epoch, images: digestsOf(decoder) },
+          decoder.images.map((i) => i.committed.subarray(0, i.size)),
+          this.upstream.durable,
+        );
+      }
+      this.store.commitEpoch(
+        { epoch, images },
+        ranges,
+        this.upstream.durable,
+      );
+    };
+  }
+
+  #storeMatches(decoder: EpochDecoder): boolean {
+    const st = this.store.state;
+    return !!st && st.epoch === decoder.epoch &&
+      st.images.length === decoder.images.length &&
+      st.images.every((i, s) =>
+        i.id === decoder.images[s].id && i.size === decoder.images[s].size
+      );
+  }
+
+  prepare(hello: Hello): EpochDecoder {
+    const d = this.decoder;
+    if (
+      d && d.images.length === hello.images.length &&
+      d.hasher.blockSize === hello.blockSize &&
+      d.images.every((i, s) =>
+        i.id === hello.images[s].id && i.size === hello.images[s].size
+      )
+    ) return d;
+    if (d) {
+      this.#note(
+        `upstream replicates other images (${
+          hello.images.map((i) => i.id).join(", ")
+        }): starting a new replica`,
+      );
+    }
+    const fresh = new EpochDecoder(hello.images, {
+      blockSize: hello.blockSize,
+    });
+    this.#attach(fresh);
+    this.decoder = fresh;
+    return fresh;
+  }
+
+  connected(epoch: number): void {
+    if (epoch === 0 || !this.#storeMatches(this.decoder!)) return;
+    // The upstream may continue from here: ack what is held, durably if asked.
+    if (this.upstream.durable) this.store.sync();
+    this.upstream.ack(
+      epoch,
+      this.upstream.durable ? AckLevel.durable : AckLevel.applied,
+    );
+  }
+
+  applied(): AckLevel {
+    this.appliedEpochs++;
+    return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
+  }
+
+  based(
+    epoch: number,
+    contents: Uint8Array[],
+    images: ImageDigestInfo[],
+  ): AckLevel {
+    this.store.replaceAll({ epoch, images }, contents, this.upstream.durable);
+    this.decoder!.load(epoch, contents);
+    return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
+  }
+
+  /** Figures for /status. */
+  status(): Record<string, unknown> {
+    if (this.promoted) {
+      return { ...this.promoted.status(), promotedFrom: "backup" };
+    }
+    return {
+      role: this.role,
+      listen: this.url,
+      store: this.store.dir,
+      epoch: this.epoch,
+      committedEpoch: this.epoch,
+      images: this.decoder ? digestsOf(this.decoder) : [],
+      upstream: {
+        remote: this.upstream.remote,
+        connected: this.upstream.connected,
+        connects: this.upstream.connects,
+        bytesReceived: this.upstream.bytesReceived,
+        durable: this.upstream.durable,
+        lastError: this.upstream.lastError,
+      },
+      appliedEpochs: this.appliedEpochs,
+    };
+  }
+
+  /**
+   * Becomes a primary: stops taking epochs from upstream and replicates its
+   * store's images (the files `DIR/ID.img`, from now on written by whatever
+   * runs on them) from its last committed epoch. Peers at that same epoch
+   * continue incrementally; others catch up by base sync.
+   */
+  async promote(options: PromoteOptions): Promise<Primary> {
+    if (this.promoted) throw new Error("this backup is already promoted");
+    const decoder = this.decoder;
+    if (!decoder) {
+      throw new Error("cannot promote: this backup has no replica yet");
+    }
+    await this.upstream.close();
+    const sources = decoder.images.map((i) =>
+      new FileSource(`${this.store.dir}/${i.id}.img`, i.size, i.id)
+    );
+    const source = sources.length === 1 ? sources[0] : new MultiSource(sources);
+    const primary = new Primary(source, {
+      note: this.#note,
+      ...options,
+      seed: {
+        epoch: decoder.epoch,
+        contents: decoder.images.map((i) => i.committed.subarray(0, i.size)),
+      },
+    });
+    this.promoted = primary;
+    this.decoder = null;
+    primary.start();
+    this.#note(
+      `promoted to primary at epoch ${primary.epoch}, replicating to ${
+        options.to.join(", ") || "no peers"
+      }`,
+    );
+    return primary;
+  }
+
+  /** Stops (the store stays as it is: at its last committed epoch). */
+  async close(): Promise<void> {
+    await this.promoted?.stop();
+    if (!this.promoted) await this.upstream.close();
+    this.store.close();
+  }
+}

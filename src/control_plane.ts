@@ -1,0 +1,165 @@
+/**
+ * The control plane every role serves with `--http`: health, status (JSON),
+ * Prometheus metrics, and the actions (checkpoint on a primary, promote on a
+ * backup). The ws/wss transport endpoint can be mounted on the same app.
+ * @module
+ */
+
+import { Hono } from "hono";
+
+/** What a role exposes to its control plane. */
+export interface ControlTarget {
+  status(): Record<string, unknown>;
+  /** Primary: takes a checkpoint and returns its figures once committed. */
+  checkpoint?(): Promise<unknown>;
+  /** Backup: becomes a primary; `body` is the request's JSON. */
+  promote?(body: Record<string, unknown>): Promise<unknown>;
+}
+
+/**
+ * Builds the Hono app. `target()` is called per request, so a promoted
+ * backup's control plane answers for its new primary.
+ *
+ * @example
+ * ```ts
+ * const app = createControlApp(() => primary);
+ * Deno.serve({ port: 8080 }, app.fetch);
+ * ```
+ */
+export function createControlApp(
+  target: () => ControlTarget,
+  app: Hono = new Hono(),
+): Hono {
+  app.get("/healthz", (c) => c.text("ok\n"));
+  app.get("/status", (c) => c.json(target().status()));
+  app.get("/metrics", (c) =>
+    c.text(prometheus(target().status()), 200, {
+      "content-type": "text/plain; version=0.0.4",
+    }));
+  app.post("/checkpoint", async (c) => {
+    const t = target();
+    if (!t.checkpoint) {
+      return c.json({ error: "POST /checkpoint is for a primary" }, 409);
+    }
+    try {
+      return c.json(await t.checkpoint());
+    } catch (e) {
+      return c.json({ error: (e as Error).message }, 500);
+    }
+  });
+  app.post("/promote", async (c) => {
+    const t = target();
+    if (!t.promote) {
+      return c.json({ error: "POST /promote is for a backup" }, 409);
+    }
+    let body: Record<string, unknown> = {};
+    const text = await c.req.text();
+    if (text.trim()) {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        return c.json({ error: "the body must be JSON, or empty" }, 400);
+      }
+    }
+    try {
+      return c.json(await t.promote(body));
+    } catch (e) {
+      return c.json({ error: (e as Error).message }, 400);
+    }
+  });
+  return app;
+}
+
+function label(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+/** Status JSON → Prometheus text: the same figures, flattened. */
+export function prometheus(status: Record<string, unknown>): string {
+  const lines: string[] = [];
+  const role = String(status.role ?? "unknown");
+  const put = (name: string, value: unknown, labels: string[] = []) => {
+    if (typeof value !== "number" || !Number.isFinite(value)) return;
+    const l = [`role="${role}"`, ...labels].join(",");
+    lines.push(`patchwire_${name}{${l}} ${value}`);
+  };
+  put("epoch", status.epoch);
+  put("committed_epoch", status.committedEpoch);
+  put("bytes_before_encoding_total", status.bytesBeforeEncoding);
+  put("bytes_after_encoding_total", status.bytesAfterEncoding);
+  for (const key of ["pauseMs", "commitMs"] as const) {
+    const q = status[key] as Record<string, number> | undefined;
+    if (!q) continue;
+    const name = key === "pauseMs" ? "pause_ms" : "commit_ms";
+    put(name, q.p50, ['quantile="0.5"']);
+    put(name, q.p99, ['quantile="0.99"']);
+  }
+  const log = status.log as Record<string, number> | undefined;
+  if (log) put("retained_log_bytes", log.bytes);
+  const up = status.upstream as Record<string, unknown> | undefined;
+  if (up) {
+    put("upstream_connected", up.connected ? 1 : 0);
+    put("upstream_bytes_received_total", up.bytesReceived);
+  }
+  const peers = (status.peers ?? []) as Record<string, unknown>[];
+  for (const p of peers) {
+    const peer = `peer="${label(String(p.url))}"`;
+    const acked = p.acked as Record<string, number>;
+    for (const level of ["received", "applied", "durable"]) {
+      put("peer_acked_epoch", acked?.[level], [peer, `level="${level}"`]);
+    }
+    put("peer_lag_epochs", p.lag, [peer]);
+    put("peer_bytes_sent_total", p.bytesSent, [peer]);
+    put("peer_live", p.state === "live" ? 1 : 0, [peer]);
+    put("peer_base_syncs_total", p.baseSyncs, [peer]);
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** Parses `HOST:PORT` (port 0 picks one). */
+export function parseHostPort(
+  text: string,
+  what = "--http",
+): { hostname: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]*):(\d+)$/.exec(text);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) {
+    throw new RangeError(`${what} "${text}": expected HOST:PORT`);
+  }
+  return {
+    hostname: m[1].replace(/^\[|\]$/g, "") || "0.0.0.0",
+    port,
+  };
+}
+
+/** A running control-plane server. */
+export interface HttpServer {
+  /** `http://host:port` it listens on. */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/** Serves `app` on `HOST:PORT`. */
+export function serveHttp(address: string, app: Hono): Promise<HttpServer> {
+  const { hostname, port } = parseHostPort(address);
+  return new Promise((resolve, reject) => {
+    try {
+      const server = Deno.serve({
+        hostname,
+        port,
+        onListen: (addr) => {
+          resolve({
+            url: `http://${addr.hostname}:${addr.port}`,
+            close: () => server.shutdown(),
+          });
+        },
+      }, app.fetch);
+    } catch (e) {
+      reject(
+        new Error(
+          `cannot serve HTTP on ${address}: ${(e as Error).message}`,
+        ),
+      );
+    }
+  });
+}

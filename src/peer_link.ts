@@ -1,0 +1,328 @@
+/**
+ * One downstream peer as its upstream (a primary or a relay) sees it: keeps a
+ * connection to the peer's URL (reconnecting with backoff), brings the peer up
+ * to date from the retained log or by a base sync, streams every new epoch's
+ * frames, and records the peer's acks.
+ *
+ * Each link sends from the shared retained log at its own pace, so a slow peer
+ * never delays the others and holds no copy of the frames; a peer that falls
+ * out of the log gets a base sync.
+ * @module
+ */
+
+import { connect } from "../transports/mod.ts";
+import type { Connection, TransportOptions } from "./transport.ts";
+import { PeerAcks } from "./ack_policy.ts";
+import {
+  ACK_LEVEL_NAMES,
+  decodeControl,
+  encodeControl,
+  type ImageDigestInfo,
+  type ImageInfo,
+  isControl,
+  type State,
+} from "./protocol.ts";
+import { type RetainedLog, sameImages } from "./retained_log.ts";
+import { type BaseProgress, type BaseSnapshot, sendBase } from "./base_sync.ts";
+import type { Zstd } from "./compress/zstd.ts";
+
+/** What a link needs from the role that owns it. */
+export interface LinkOwner {
+  readonly retained: RetainedLog;
+  readonly zstd: Zstd;
+  readonly token: string;
+  readonly blockSize: number;
+  /** Whether acks at `durable` are needed (the peer then fsyncs). */
+  readonly durable: boolean;
+  /** The images replicated, or null while unknown (a relay before its first upstream). */
+  images(): ImageInfo[] | null;
+  /** The images frozen at the newest epoch, for a base sync. */
+  snapshot(): BaseSnapshot;
+  /** A peer acked something. */
+  onAck(link: PeerLink): void;
+  /** Writes a log line. */
+  note(message: string): void;
+}
+
+/** Where a link is. */
+export type LinkState =
+  | "connecting"
+  | "handshake"
+  | "base-sync"
+  | "live"
+  | "down"
+  | "stopped";
+
+/** A link's figures for /status and /metrics. */
+export interface LinkStatus {
+  url: string;
+  state: LinkState;
+  /** Highest epoch acked at received, applied and durable. */
+  acked: { received: number; applied: number; durable: number };
+  /** Highest level acked for the newest epoch sent ("none" if none yet). */
+  level: string;
+  sentEpoch: number;
+  lag: number;
+  bytesSent: number;
+  connects: number;
+  baseSyncs: number;
+  baseSync: BaseProgress | null;
+  lastError: string | null;
+}
+
+/** Options of {@linkcode PeerLink}. */
+export interface PeerLinkOptions {
+  transport?: TransportOptions;
+  /** First reconnect delay; doubles up to `maxBackoffMs`. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+/** One downstream peer. Call {@linkcode PeerLink.start}; {@linkcode PeerLink.stop} ends it. */
+export class PeerLink {
+  readonly acks = new PeerAcks();
+  state: LinkState = "connecting";
+  sentEpoch = 0;
+  bytesSent = 0;
+  connects = 0;
+  baseSyncs = 0;
+  baseSync: BaseProgress | null = null;
+  lastError: string | null = null;
+  #conn: Connection | null = null;
+  #stopped = false;
+  #run: Promise<void> | null = null;
+  #wakeSleep: (() => void) | null = null;
+
+  constructor(
+    readonly url: string,
+    readonly owner: LinkOwner,
+    readonly options: PeerLinkOptions = {},
+  ) {}
+
+  /** Starts connecting; returns at once. */
+  start(): void {
+    this.#run ??= this.#loop();
+  }
+
+  /** Closes the connection and stops reconnecting. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.state = "stopped";
+    this.#wakeSleep?.();
+    this.owner.retained.wakeAll();
+    await this.#conn?.close();
+    await this.#run;
+  }
+
+  /** Drops the current connection (it reconnects): for a peer that must resync. */
+  async reconnect(): Promise<void> {
+    await this.#conn?.close();
+  }
+
+  status(): LinkStatus {
+    const last = this.owner.retained.last;
+    const lvl = this.acks.levelOf(this.sentEpoch);
+    return {
+      url: this.url,
+      state: this.state,
+      acked: {
+        received: this.acks.epochs[0],
+        applied: this.acks.epochs[1],
+        durable: this.acks.epochs[2],
+      },
+      level: this.sentEpoch > 0 && lvl >= 0 ? ACK_LEVEL_NAMES[lvl] : "none",
+      sentEpoch: this.sentEpoch,
+      lag: Math.max(0, last - this.acks.epochs[0]),
+      bytesSent: this.bytesSent,
+      connects: this.connects,
+      baseSyncs: this.baseSyncs,
+      baseSync: this.baseSync,
+      lastError: this.lastError,
+    };
+  }
+
+  async #loop(): Promise<void> {
+    let backoff = this.options.backoffMs ?? 100;
+    const maxBackoff = this.options.maxBackoffMs ?? 2000;
+    while (!this.#stopped) {
+      this.state = "connecting";
+      let live = false;
+      try {
+        const conn = await connect(this.url, this.options.transport);
+        this.#conn = conn;
+        if (this.#stopped) break;
+        this.connects++;
+        live = true;
+        await this.#session(conn);
+      } catch (e) {
+        const msg = (e as Error).message;
+        if (!this.#stopped && msg !== this.lastError) {
+          this.owner.note(`peer ${this.url}: ${msg}`);
+        }
+        this.lastError = msg;
+      } finally {
+        await this.#conn?.close();
+        this.#conn = null;
+      }
+      if (this.#stopped) break;
+      this.state = "down";
+      if (live) backoff = this.options.backoffMs ?? 100;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, backoff);
+        this.#wakeSleep = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.#wakeSleep = null;
+      backoff = Math.min(maxBackoff, backoff * 2);
+    }
+    this.state = "stopped";
+  }
+
+  async #session(conn: Connection): Promise<void> {
+    const owner = this.owner;
+    this.state = "handshake";
+    let images = owner.images();
+    while (!images) {
+      // A relay with no upstream yet has nothing to offer.
+      await owner.retained.changed();
+      if (this.#stopped) return;
+      images = owner.images();
+    }
+    await conn.send(encodeControl({
+      type: "hello",
+      token: owner.token,
+      images,
+      epoch: owner.retained.last,
+      blockSize: owner.blockSize,
+      durable: owner.durable,
+    }));
+    const state = await this.#receiveState(conn);
+    this.lastError = null;
+
+    // Acks arrive independently of sending.
+    let closedBy: Error | null = null;
+    let readerDone = false;
+    const reader = (async () => {
+      try {
+        for (;;) {
+          const bytes = await conn.receive();
+          if (bytes === null) break;
+          const m = isControl(bytes) ? decodeControl(bytes) : null;
+          if (m?.type === "ack") {
+            if (this.acks.record(m.epoch, m.level)) owner.onAck(this);
+          } else if (m?.type === "error") {
+            throw new Error(`peer refused: ${m.message}`);
+          } else {
+            throw new Error(
+              `unexpected ${m ? m.type : "frame"} from a downstream peer`,
+            );
+          }
+        }
+      } catch (e) {
+        closedBy = e as Error;
+      } finally {
+        readerDone = true;
+        owner.retained.wakeAll();
+      }
+    })();
+
+    try {
+      let next = this.#catchUpFrom(state, images);
+      if (next < 0) next = await this.#baseSync(conn);
+      this.state = "live";
+      while (!this.#stopped && !readerDone) {
+        const changed = owner.retained.changed();
+        while (next <= owner.retained.last && !readerDone) {
+          const entry = owner.retained.get(next);
+          if (!entry) {
+            // Fell out of the retained log while behind.
+            owner.note(
+              `peer ${this.url}: epoch ${next} is no longer retained, base sync`,
+            );
+            next = await this.#baseSync(conn);
+            this.state = "live";
+            continue;
+          }
+          for (const f of entry.frames) {
+            await conn.send(f);
+            this.bytesSent += f.length;
+          }
+          this.sentEpoch = next;
+          next++;
+        }
+        if (next > owner.retained.last + 1) {
+          // The log restarted below us (the owner took a base sync): resync.
+          next = await this.#baseSync(conn);
+          this.state = "live";
+          continue;
+        }
+        await changed;
+      }
+    } finally {
+      await conn.close();
+      await reader;
+    }
+    if (closedBy) throw closedBy;
+    if (!this.#stopped) throw new Error("peer closed the connection");
+  }
+
+  async #receiveState(conn: Connection): Promise<State> {
+    const bytes = await conn.receive();
+    if (bytes === null) {
+      throw new Error("peer closed the connection during the handshake");
+    }
+    if (!isControl(bytes)) {
+      throw new Error("peer sent a frame, expected its state");
+    }
+    const m = decodeControl(bytes);
+    if (m.type === "error") throw new Error(`peer refused: ${m.message}`);
+    if (m.type !== "state") {
+      throw new Error(`peer sent ${m.type}, expected its state`);
+    }
+    return m;
+  }
+
+  /** The next epoch to send if the peer can continue from the log, else -1. */
+  #catchUpFrom(state: State, images: ImageInfo[]): number {
+    const log = this.owner.retained;
+    if (state.epoch < log.first - 1 || state.epoch > log.last) return -1;
+    const digests: ImageDigestInfo[] | undefined = log.digestsAt(state.epoch);
+    if (!digests || !sameImages(digests, state.images)) return -1;
+    if (
+      digests.length !== images.length ||
+      digests.some((d, i) => d.id !== images[i].id || d.size !== images[i].size)
+    ) return -1;
+    this.acks.record(state.epoch, 1);
+    this.sentEpoch = state.epoch;
+    this.owner.onAck(this);
+    return state.epoch + 1;
+  }
+
+  async #baseSync(conn: Connection): Promise<number> {
+    this.state = "base-sync";
+    const snap = this.owner.snapshot();
+    const total = snap.contents.reduce((n, c) => n + c.length, 0);
+    this.owner.note(
+      `peer ${this.url}: base sync of epoch ${snap.epoch} (${
+        (total / 1048576).toFixed(1)
+      } MiB)`,
+    );
+    this.baseSyncs++;
+    let lastTenth = 0;
+    const wire = await sendBase(conn, snap, this.owner.zstd, (p) => {
+      this.baseSync = p;
+      const tenth = Math.floor(10 * p.sentBytes / Math.max(1, p.totalBytes));
+      if (tenth > lastTenth && tenth < 10) {
+        lastTenth = tenth;
+        this.owner.note(`peer ${this.url}: base sync ${tenth * 10}%`);
+      }
+    });
+    this.bytesSent += wire;
+    this.baseSync = null;
+    this.sentEpoch = snap.epoch;
+    this.owner.note(`peer ${this.url}: base sync of epoch ${snap.epoch} sent`);
+    return snap.epoch + 1;
+  }
+}

@@ -1,0 +1,331 @@
+/**
+ * The primary: captures its source once per epoch (on an interval or on
+ * demand), encodes what changed, appends the frames to its retained log —
+ * from which every downstream link sends at its own pace — and commits each
+ * epoch once its ack policy is met.
+ * @module
+ */
+
+import { EpochEncoder } from "./encoder.ts";
+import type { Level } from "./level.ts";
+import type { Source } from "./source.ts";
+import {
+  type AckPolicy,
+  checkAckPolicy,
+  committedEpoch,
+  formatAckPolicy,
+} from "./ack_policy.ts";
+import { AckLevel, type ImageDigestInfo } from "./protocol.ts";
+import { RetainedLog } from "./retained_log.ts";
+import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
+import type { BaseSnapshot } from "./base_sync.ts";
+import type { Zstd } from "./compress/zstd.ts";
+import { SampleWindow } from "./_window.ts";
+
+/** Options of {@linkcode Primary}. */
+export interface PrimaryOptions {
+  /** Downstream peer URLs (backups or relays). */
+  to: string[];
+  /** Default: all peers, at applied. */
+  ack?: AckPolicy;
+  /** Codec level. Default fast. */
+  level?: Level;
+  /** Checkpoint every this many ms; null: only on demand. Default 1000. */
+  intervalMs?: number | null;
+  /** Shared token peers must present. Default "". */
+  token?: string;
+  /** Bound of the retained log in bytes. Default 256 MiB. */
+  logBytes?: number;
+  /** Epochs encoded but not committed before capturing waits. Default 16. */
+  maxInFlight?: number;
+  link?: PeerLinkOptions;
+  /** Start from this committed state instead of all-zero epoch 0 (a promoted backup). */
+  seed?: { epoch: number; contents: Uint8Array[] };
+  /** Log lines. Default: stderr. */
+  note?: (line: string) => void;
+}
+
+/** Figures of one committed checkpoint. */
+export interface CheckpointResult {
+  epoch: number;
+  dirtyPages: number;
+  /** 4096 × dirty pages: what plain dirty-page replication sends. */
+  dirtyBytes: number;
+  wireBytes: number;
+  /** Source pause (capture) time, ms. */
+  pauseMs: number;
+  encodeMs: number;
+  /** Capture start to commit, ms. */
+  commitMs: number;
+}
+
+interface InFlight {
+  epoch: number;
+  t0: number;
+  result: CheckpointResult;
+  resolve: (r: CheckpointResult) => void;
+  reject: (e: Error) => void;
+  promise: Promise<CheckpointResult>;
+}
+
+/**
+ * @example
+ * ```ts
+ * const source = await openSource("synthetic:images=2,size=8M");
+ * const primary = new Primary(source, { to: ["tcp://127.0.0.1:7001"], intervalMs: 100 });
+ * primary.onCommit((r) => console.log(`epoch ${r.epoch} committed`));
+ * primary.start();
+ * ```
+ */
+export class Primary implements LinkOwner {
+  readonly role = "primary";
+  readonly retained: RetainedLog;
+  readonly encoder: EpochEncoder;
+  readonly zstd: Zstd;
+  readonly token: string;
+  readonly blockSize: number;
+  readonly durable: boolean;
+  readonly policy: AckPolicy;
+  readonly links: PeerLink[];
+  readonly pauses = new SampleWindow();
+  readonly commitLatencies = new SampleWindow();
+  committed = 0;
+  bytesBefore = 0;
+  bytesAfter = 0;
+  #inFlight: InFlight[] = [];
+  #listeners: ((r: CheckpointResult) => void)[] = [];
+  #busy: Promise<unknown> = Promise.resolve();
+  #timer: Promise<void> | null = null;
+  #stopped = false;
+  #commitWaiters: (() => void)[] = [];
+  #note: (line: string) => void;
+
+  constructor(readonly source: Source, readonly options: PrimaryOptions) {
+    this.policy = options.ack ?? {
+      who: { kind: "all" },
+      level: AckLevel.applied,
+    };
+    checkAckPolicy(this.policy, options.to.length);
+    if (options.to.length === 0 && this.policy.who.kind !== "none") {
+      throw new RangeError(
+        `no downstream peers: --to is needed unless --ack none`,
+      );
+    }
+    this.encoder = new EpochEncoder(source.images, {
+      level: options.level ?? "fast",
+    });
+    this.zstd = this.encoder.zstd;
+    this.token = options.token ?? "";
+    this.blockSize = this.encoder.hasher.blockSize;
+    this.durable = this.policy.level === AckLevel.durable;
+    this.#note = options.note ?? ((l) => console.error(l));
+    if (options.seed) {
+      this.encoder.seed(options.seed.epoch, options.seed.contents);
+    }
+    this.committed = this.encoder.epoch;
+    this.retained = new RetainedLog(options.logBytes ?? 256 << 20);
+    this.retained.restart(this.encoder.epoch, this.#digests());
+    this.links = options.to.map((url) => new PeerLink(url, this, options.link));
+  }
+
+  /** Starts the links and, with an interval, the epoch loop. */
+  start(): void {
+    for (const l of this.links) l.start();
+    const interval = this.options.intervalMs === undefined
+      ? 1000
+      : this.options.intervalMs;
+    if (interval !== null) this.#timer ??= this.#loop(interval);
+  }
+
+  /** Registers a callback for every committed epoch, in order. */
+  onCommit(listener: (r: CheckpointResult) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  /** The newest epoch encoded. */
+  get epoch(): number {
+    return this.encoder.epoch;
+  }
+
+  /**
+   * Takes one checkpoint now; resolves with its figures once it is committed.
+   * Checkpoints never overlap: a call while one is being taken waits for it.
+   */
+  checkpoint(): Promise<CheckpointResult> {
+    return this.#takeNext().then((f) => f.promise);
+  }
+
+  #takeNext(): Promise<InFlight> {
+    const taken = this.#busy.then(() => this.#take());
+    this.#busy = taken.catch(() => {});
+    return taken;
+  }
+
+  async #take(): Promise<InFlight> {
+    if (this.#stopped) throw new Error("the primary is stopped");
+    const maxInFlight = this.options.maxInFlight ?? 16;
+    let warned = false;
+    while (this.encoder.epoch - this.committed >= maxInFlight) {
+      if (!warned) {
+        this.#note(
+          `epoch ${this.encoder.epoch} waits: ${maxInFlight} epochs not committed (policy ${
+            formatAckPolicy(this.policy)
+          })`,
+        );
+        warned = true;
+      }
+      await new Promise<void>((r) => this.#commitWaiters.push(r));
+      if (this.#stopped) throw new Error("the primary is stopped");
+    }
+    const t0 = performance.now();
+    const { pauseMs, dirtyPages } = await this.source.capture(
+      this.encoder.captureBuffers,
+    );
+    const { epoch, frames, stats } = this.encoder.encode(
+      this.encoder.captureBuffers,
+      dirtyPages,
+    );
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
+    this.retained.append({ epoch, frames, bytes, images: this.#digests() });
+    this.pauses.add(pauseMs);
+    this.bytesBefore += stats.dirtyPages * 4096;
+    this.bytesAfter += bytes;
+    let resolve!: (r: CheckpointResult) => void;
+    let reject!: (e: Error) => void;
+    const promise = new Promise<CheckpointResult>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const entry: InFlight = {
+      epoch,
+      t0,
+      resolve,
+      reject,
+      promise,
+      result: {
+        epoch,
+        dirtyPages: stats.dirtyPages,
+        dirtyBytes: stats.dirtyPages * 4096,
+        wireBytes: bytes,
+        pauseMs,
+        encodeMs: stats.totalMs,
+        commitMs: 0,
+      },
+    };
+    this.#inFlight.push(entry);
+    this.#advance();
+    return entry;
+  }
+
+  async #loop(interval: number): Promise<void> {
+    let next = performance.now();
+    while (!this.#stopped) {
+      try {
+        // Wait for the capture and encode, not the commit: the next capture starts on time.
+        const f = await this.#takeNext();
+        f.promise.catch(() => {});
+      } catch (e) {
+        if (this.#stopped) break;
+        this.#note(`checkpoint failed: ${(e as Error).message}`);
+      }
+      next += interval;
+      const wait = next - performance.now();
+      if (wait < 0) next = performance.now();
+      await new Promise((r) => setTimeout(r, Math.max(0, wait)));
+    }
+  }
+
+  onAck(_link: PeerLink): void {
+    this.#advance();
+  }
+
+  #advance(): void {
+    const level = this.policy.level;
+    const acked = this.links.map((l) => l.acks.epochs[level]);
+    const c = Math.min(
+      this.encoder.epoch,
+      committedEpoch(this.policy.who, acked, this.encoder.epoch),
+    );
+    if (c <= this.committed) return;
+    this.committed = c;
+    const now = performance.now();
+    while (this.#inFlight.length && this.#inFlight[0].epoch <= c) {
+      const f = this.#inFlight.shift()!;
+      f.result.commitMs = now - f.t0;
+      this.commitLatencies.add(f.result.commitMs);
+      for (const l of this.#listeners) l(f.result);
+      f.resolve(f.result);
+    }
+    const w = this.#commitWaiters;
+    this.#commitWaiters = [];
+    for (const r of w) r();
+  }
+
+  #digests(): ImageDigestInfo[] {
+    return this.encoder.images.map((i) => {
+      const d = i.digestValue();
+      return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
+    });
+  }
+
+  images(): { id: string; size: number }[] {
+    return this.source.images.map((s) => ({ id: s.id, size: s.size }));
+  }
+
+  snapshot(): BaseSnapshot {
+    return {
+      epoch: this.encoder.epoch,
+      images: this.#digests(),
+      contents: this.encoder.images.map((i) => i.committed.slice(0, i.size)),
+    };
+  }
+
+  note(line: string): void {
+    this.#note(line);
+  }
+
+  /** Figures for /status. */
+  status(): Record<string, unknown> {
+    return {
+      role: this.role,
+      source: this.source.name,
+      level: this.encoder.level,
+      policy: formatAckPolicy(this.policy),
+      epoch: this.encoder.epoch,
+      committedEpoch: this.committed,
+      images: this.#digests(),
+      bytesBeforeEncoding: this.bytesBefore,
+      bytesAfterEncoding: this.bytesAfter,
+      pauseMs: {
+        p50: this.pauses.quantile(0.5),
+        p99: this.pauses.quantile(0.99),
+      },
+      commitMs: {
+        p50: this.commitLatencies.quantile(0.5),
+        p99: this.commitLatencies.quantile(0.99),
+      },
+      log: {
+        first: this.retained.first,
+        last: this.retained.last,
+        bytes: this.retained.bytes,
+      },
+      peers: this.links.map((l) => l.status()),
+    };
+  }
+
+  /** Stops the loop and the links; in-flight checkpoints stay uncommitted. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const r of this.#commitWaiters) r();
+    this.#commitWaiters = [];
+    await this.#timer;
+    for (const f of this.#inFlight.splice(0)) {
+      f.reject(
+        new Error(`epoch ${f.epoch} not committed: the primary stopped`),
+      );
+    }
+    await Promise.all(this.links.map((l) => l.stop()));
+    await this.source.close();
+    this.encoder.close();
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * Control messages between an upstream role (primary or relay) and a
+ * downstream one (relay or backup), beside the codec's frames on the same
+ * connection.
+ *
+ * Every control message is one msgpack array:
+ *
+ *     [magic "PWC", version, type, body]
+ *
+ * Codec frames start with "PWR" instead (`frame.ts`), so a receiver tells
+ * them apart by the magic alone.
+ *
+ * The conversation, upstream → downstream unless marked:
+ *
+ *     HELLO  {token, images, epoch, blockSize, durable}
+ *     STATE  {epoch, images (with digests)}            downstream → upstream
+ *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
+ *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
+ *             then frames from BASE_END.epoch + 1
+ *     ACK    {epoch, level}                            downstream → upstream, any time
+ *     ERROR  {message}                                 either way, then close
+ * @module
+ */
+
+import { Packr } from "msgpackr/pack";
+import { Unpackr } from "msgpackr/unpack";
+
+/** Control message magic. */
+export const CONTROL_MAGIC = "PWC";
+/** Control protocol version this build speaks. */
+export const CONTROL_VERSION = 1;
+
+/** How far a peer has taken an epoch; higher levels imply the lower ones. */
+export const AckLevel = { received: 0, applied: 1, durable: 2 } as const;
+/** An ack level number. */
+export type AckLevel = typeof AckLevel[keyof typeof AckLevel];
+/** Ack level names, by number. */
+export const ACK_LEVEL_NAMES = ["received", "applied", "durable"] as const;
+/** An ack level name. */
+export type AckLevelName = typeof ACK_LEVEL_NAMES[number];
+
+/** An image as the handshake names it. */
+export interface ImageInfo {
+  id: string;
+  size: number;
+}
+
+/** An image with its digest at some epoch. */
+export interface ImageDigestInfo extends ImageInfo {
+  digestLo: number;
+  digestHi: number;
+}
+
+/** Upstream introduces itself and what it replicates. */
+export interface Hello {
+  type: "hello";
+  token: string;
+  images: ImageInfo[];
+  /** Upstream's latest epoch. */
+  epoch: number;
+  blockSize: number;
+  /** Whether upstream needs durable acks (the downstream then fsyncs). */
+  durable: boolean;
+}
+
+/** Downstream's committed state: where catch-up starts. */
+export interface State {
+  type: "state";
+  epoch: number;
+  /** Empty for an empty store. */
+  images: ImageDigestInfo[];
+}
+
+/** One compressed range of one image of a base sync. */
+export interface Base {
+  type: "base";
+  epoch: number;
+  slot: number;
+  offset: number;
+  /** Uncompressed bytes. */
+  size: number;
+  /** zstd-compressed bytes. */
+  data: Uint8Array;
+}
+
+/** Ends a base sync: the images' digests at its epoch. */
+export interface BaseEnd {
+  type: "base_end";
+  epoch: number;
+  images: ImageDigestInfo[];
+}
+
+/** Downstream took `epoch` (and every earlier one) to `level`. */
+export interface Ack {
+  type: "ack";
+  epoch: number;
+  level: AckLevel;
+}
+
+/** The sender refuses to go on, and says why. */
+export interface ErrorMessage {
+  type: "error";
+  message: string;
+}
+
+/** Any control message. */
+export type ControlMessage =
+  | Hello
+  | State
+  | Base
+  | BaseEnd
+  | Ack
+  | ErrorMessage;
+
+const TYPE_CODES = {
+  hello: 1,
+  state: 2,
+  base: 3,
+  base_end: 4,
+  ack: 5,
+  error: 6,
+} as const;
+const TYPE_NAMES = Object.fromEntries(
+  Object.entries(TYPE_CODES).map(([k, v]) => [v, k]),
+) as Record<number, ControlMessage["type"]>;
+
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+const unpackr = new Unpackr({ useRecords: false });
+
+/** A control message failed a check; the message names what and what was expected. */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+}
+
+/**
+ * Encodes a control message.
+ * @example
+ * ```ts
+ * const bytes = encodeControl({ type: "ack", epoch: 7, level: AckLevel.applied });
+ * decodeControl(bytes); // { type: "ack", epoch: 7, level: 1 }
+ * ```
+ */
+export function encodeControl(message: ControlMessage): Uint8Array {
+  const { type, ...body } = message;
+  const bytes = packr.pack([
+    CONTROL_MAGIC,
+    CONTROL_VERSION,
+    TYPE_CODES[type],
+    body,
+  ]);
+  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+// msgpack: fixarray header, then fixstr(3) "PW?" — frames and control
+// messages differ in the third letter of the magic.
+function magicLetter(bytes: Uint8Array): number {
+  return bytes.length >= 5 && bytes[1] === 0xa3 && bytes[2] === 0x50 &&
+      bytes[3] === 0x57
+    ? bytes[4]
+    : -1;
+}
+
+/** True if `bytes` is a control message (magic "PWC"), false for anything else (a codec frame has "PWR"). */
+export function isControl(bytes: Uint8Array): boolean {
+  return magicLetter(bytes) === 0x43;
+}
+
+/** True if `bytes` starts like a codec frame (magic "PWR"). */
+export function isFrame(bytes: Uint8Array): boolean {
+  return magicLetter(bytes) === 0x52;
+}
+
+function isUint(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+function need(cond: boolean, message: string): asserts cond {
+  if (!cond) throw new ProtocolError(message);
+}
+
+function checkImages(v: unknown, digests: boolean, what: string): void {
+  need(Array.isArray(v), `${what}: images must be an array`);
+  for (const i of v as Record<string, unknown>[]) {
+    need(
+      typeof i === "object" && i !== null && typeof i.id === "string" &&
+        isUint(i.size) &&
+        (!digests || (isUint(i.digestLo) && isUint(i.digestHi))),
+      `${what}: each image needs id and size${
+        digests ? ", digestLo and digestHi" : ""
+      }`,
+    );
+  }
+}
+
+/** Decodes and checks a control message; throws {@linkcode ProtocolError}. */
+export function decodeControl(bytes: Uint8Array): ControlMessage {
+  let outer: unknown;
+  try {
+    outer = unpackr.unpack(bytes);
+  } catch (e) {
+    throw new ProtocolError(
+      `control message is not valid msgpack (${bytes.length} bytes): ${
+        (e as Error).message
+      }`,
+    );
+  }
+  need(
+    Array.isArray(outer) && outer.length === 4,
+    "control message must be a 4-element msgpack array",
+  );
+  const [magic, version, code, body] = outer as unknown[];
+  need(
+    magic === CONTROL_MAGIC,
+    `bad control magic ${JSON.stringify(magic)}, expected "${CONTROL_MAGIC}"`,
+  );
+  need(
+    version === CONTROL_VERSION,
+    `unsupported control protocol version ${version}, expected ${CONTROL_VERSION}`,
+  );
+  const type = TYPE_NAMES[code as number];
+  need(
+    type !== undefined,
+    `unknown control message type ${code}, expected 1..6`,
+  );
+  need(
+    typeof body === "object" && body !== null,
+    `${type} body must be a map`,
+  );
+  const b = body as Record<string, unknown>;
+  switch (type) {
+    case "hello":
+      need(
+        typeof b.token === "string" && isUint(b.epoch) &&
+          isUint(b.blockSize) && typeof b.durable === "boolean",
+        "hello needs token, epoch, blockSize and durable",
+      );
+      checkImages(b.images, false, "hello");
+      break;
+    case "state":
+      need(isUint(b.epoch), "state needs an epoch");
+      checkImages(b.images, true, "state");
+      break;
+    case "base":
+      need(
+        isUint(b.epoch) && isUint(b.slot) && isUint(b.offset) &&
+          isUint(b.size) && b.data instanceof Uint8Array,
+        "base needs epoch, slot, offset, size and binary data",
+      );
+      break;
+    case "base_end":
+      need(isUint(b.epoch), "base_end needs an epoch");
+      checkImages(b.images, true, "base_end");
+      break;
+    case "ack":
+      need(
+        isUint(b.epoch) && (b.level === 0 || b.level === 1 || b.level === 2),
+        "ack needs an epoch and level 0, 1 or 2",
+      );
+      break;
+    case "error":
+      need(typeof b.message === "string", "error needs a message");
+      break;
+  }
+  return { type, ...b } as ControlMessage;
+}

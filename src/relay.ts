@@ -1,0 +1,235 @@
+/**
+ * The relay: takes one upstream stream, verifies each epoch against its own
+ * replica, and forwards the frames as they came — never re-encoded — to N
+ * downstream peers from its retained log. It acks upstream per its own
+ * policy over its peers, and base-syncs peers from its replica.
+ * @module
+ */
+
+import { listen } from "../transports/mod.ts";
+import type { TransportOptions } from "./transport.ts";
+import type { AppliedEpoch } from "./decoder.ts";
+import { EpochDecoder } from "./decoder.ts";
+import {
+  type AckPolicy,
+  checkAckPolicy,
+  committedEpoch,
+  formatAckPolicy,
+} from "./ack_policy.ts";
+import {
+  AckLevel,
+  type Hello,
+  type ImageDigestInfo,
+  type ImageInfo,
+} from "./protocol.ts";
+import { RetainedLog } from "./retained_log.ts";
+import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
+import type { BaseSnapshot } from "./base_sync.ts";
+import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { digestsOf, type ReplicaHooks, UpstreamServer } from "./_upstream.ts";
+
+/** Options of {@linkcode Relay.open}. */
+export interface RelayOptions {
+  listen: string;
+  to: string[];
+  /** Default: all peers, at applied. */
+  ack?: AckPolicy;
+  /** Token upstream must present, and the relay presents downstream. Default "". */
+  token?: string;
+  /** Bound of the retained log in bytes. Default 256 MiB. */
+  logBytes?: number;
+  transport?: TransportOptions;
+  link?: PeerLinkOptions;
+  note?: (line: string) => void;
+}
+
+/**
+ * @example
+ * ```ts
+ * const relay = await Relay.open({
+ *   listen: "quic://0.0.0.0:7000",
+ *   to: ["tcp://b1:7001", "ws://b2:7002/patchwire"],
+ *   ack: { who: { kind: "quorum", k: 1 }, level: AckLevel.applied },
+ * });
+ * ```
+ */
+export class Relay implements LinkOwner, ReplicaHooks {
+  readonly role = "relay";
+  readonly token: string;
+  readonly retained: RetainedLog;
+  readonly zstd: Zstd;
+  readonly policy: AckPolicy;
+  readonly durable: boolean;
+  readonly links: PeerLink[];
+  decoder: EpochDecoder | null = null;
+  upstream!: UpstreamServer;
+  /** Highest epoch acked upstream per level. */
+  readonly ackedUp = [0, 0, 0];
+  #images: ImageInfo[] | null = null;
+  #note: (line: string) => void;
+
+  private constructor(readonly url: string, readonly options: RelayOptions) {
+    this.token = options.token ?? "";
+    this.policy = options.ack ?? {
+      who: { kind: "all" },
+      level: AckLevel.applied,
+    };
+    checkAckPolicy(this.policy, options.to.length);
+    this.durable = this.policy.level === AckLevel.durable;
+    this.retained = new RetainedLog(options.logBytes ?? 256 << 20);
+    this.zstd = createZstd();
+    this.#note = options.note ?? ((l) => console.error(l));
+    this.links = options.to.map((u) => new PeerLink(u, this, options.link));
+  }
+
+  /** Starts listening for the upstream and connecting to the peers. */
+  static async open(options: RelayOptions): Promise<Relay> {
+    if (options.to.length === 0) {
+      throw new RangeError("a relay needs at least one --to peer");
+    }
+    const listener = await listen(options.listen, options.transport);
+    const relay = new Relay(listener.url, options);
+    relay.upstream = new UpstreamServer(listener, relay);
+    relay.upstream.start();
+    for (const l of relay.links) l.start();
+    return relay;
+  }
+
+  get blockSize(): number {
+    return this.decoder?.hasher.blockSize ?? 64;
+  }
+
+  /** The replica's epoch. */
+  get epoch(): number {
+    return this.decoder?.epoch ?? 0;
+  }
+
+  note(line: string): void {
+    this.#note(line);
+  }
+
+  images(): ImageInfo[] | null {
+    return this.#images;
+  }
+
+  snapshot(): BaseSnapshot {
+    const d = this.decoder!;
+    return {
+      epoch: d.epoch,
+      images: digestsOf(d),
+      contents: d.images.map((i) => i.committed.slice(0, i.size)),
+    };
+  }
+
+  prepare(hello: Hello): EpochDecoder {
+    const d = this.decoder;
+    if (
+      d && d.images.length === hello.images.length &&
+      d.hasher.blockSize === hello.blockSize &&
+      d.images.every((i, s) =>
+        i.id === hello.images[s].id && i.size === hello.images[s].size
+      )
+    ) return d;
+    const fresh = new EpochDecoder(hello.images, {
+      blockSize: hello.blockSize,
+      zstd: this.zstd,
+    });
+    this.decoder = fresh;
+    this.#images = hello.images.map((i) => ({ id: i.id, size: i.size }));
+    this.retained.restart(0, digestsOf(fresh));
+    this.ackedUp.fill(0);
+    return fresh;
+  }
+
+  applied(
+    epoch: number,
+    frames: Uint8Array[],
+    _applied: AppliedEpoch,
+  ): AckLevel | null {
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
+    this.retained.append({
+      epoch,
+      frames,
+      bytes,
+      images: digestsOf(this.decoder!),
+    });
+    this.#ackUp();
+    return null;
+  }
+
+  based(
+    epoch: number,
+    contents: Uint8Array[],
+    images: ImageDigestInfo[],
+  ): AckLevel | null {
+    this.decoder!.load(epoch, contents);
+    this.retained.restart(epoch, images);
+    this.ackedUp.fill(0);
+    this.#ackUp();
+    return null;
+  }
+
+  connected(_epoch: number): void {
+    // A new upstream knows nothing of earlier acks.
+    this.ackedUp.fill(0);
+    this.#ackUp();
+  }
+
+  onAck(_link: PeerLink): void {
+    this.#ackUp();
+  }
+
+  /** Acks upstream whatever the policy over the peers now allows, per level. */
+  #ackUp(): void {
+    const own = this.epoch;
+    for (let level = AckLevel.durable; level >= 0; level--) {
+      const acked = this.links.map((l) => l.acks.epochs[level]);
+      // `none`: the relay's own replica speaks for the levels it reaches itself.
+      const e = this.policy.who.kind === "none"
+        ? (level <= AckLevel.applied ? own : 0)
+        : Math.min(own, committedEpoch(this.policy.who, acked, own));
+      if (e > this.ackedUp[level]) {
+        for (let l = 0; l <= level; l++) {
+          this.ackedUp[l] = Math.max(this.ackedUp[l], e);
+        }
+        this.upstream.ack(e, level as AckLevel);
+      }
+    }
+  }
+
+  /** Figures for /status. */
+  status(): Record<string, unknown> {
+    return {
+      role: this.role,
+      listen: this.url,
+      policy: formatAckPolicy(this.policy),
+      epoch: this.epoch,
+      committedEpoch: this.ackedUp[this.policy.level],
+      images: this.decoder ? digestsOf(this.decoder) : [],
+      upstream: {
+        remote: this.upstream.remote,
+        connected: this.upstream.connected,
+        connects: this.upstream.connects,
+        bytesReceived: this.upstream.bytesReceived,
+        lastError: this.upstream.lastError,
+      },
+      ackedUpstream: {
+        received: this.ackedUp[0],
+        applied: this.ackedUp[1],
+        durable: this.ackedUp[2],
+      },
+      log: {
+        first: this.retained.first,
+        last: this.retained.last,
+        bytes: this.retained.bytes,
+      },
+      peers: this.links.map((l) => l.status()),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.upstream.close();
+    await Promise.all(this.links.map((l) => l.stop()));
+    this.zstd.close();
+  }
+}

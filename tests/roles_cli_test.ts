@@ -1,0 +1,253 @@
+/**
+ * `deno task primary|relay|backup` as real subprocesses: the command forms the
+ * README shows, their control planes, and their errors.
+ */
+
+import { assert, assertEquals } from "./_assert.ts";
+import { runTool } from "./_run_tool.ts";
+import { bytesEqual } from "../src/replay.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const PERMS = [
+  "--unstable-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-net",
+  "--allow-ffi",
+  "--allow-env",
+];
+
+/** A role running as a subprocess, with its stderr read line by line. */
+class RoleProcess {
+  readonly child: Deno.ChildProcess;
+  readonly lines: string[] = [];
+  #waiters: (() => void)[] = [];
+  readonly done: Promise<void>;
+  stdout = "";
+
+  constructor(tool: string, args: string[]) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", ...PERMS, `${ROOT}tools/${tool}.ts`, ...args],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const readLines = async (
+      stream: ReadableStream<Uint8Array>,
+      onText: (t: string) => void,
+    ) => {
+      let buf = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        buf += chunk;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          onText(buf.slice(0, nl));
+          buf = buf.slice(nl + 1);
+        }
+      }
+      if (buf) onText(buf);
+    };
+    this.done = Promise.all([
+      readLines(this.child.stderr, (l) => {
+        this.lines.push(l);
+        for (const w of this.#waiters.splice(0)) w();
+      }),
+      readLines(this.child.stdout, (l) => {
+        this.stdout += l + "\n";
+        this.lines.push(l);
+        for (const w of this.#waiters.splice(0)) w();
+      }),
+    ]).then(() => {
+      for (const w of this.#waiters.splice(0)) w();
+    });
+  }
+
+  /** Waits for a line matching `re`; returns its match. */
+  async waitFor(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
+    const end = Date.now() + ms;
+    for (;;) {
+      for (const l of this.lines) {
+        const m = l.match(re);
+        if (m) return m;
+      }
+      if (Date.now() > end) {
+        throw new Error(
+          `timed out waiting for ${re}; output so far:\n${
+            this.lines.join("\n")
+          }`,
+        );
+      }
+      await Promise.race([
+        new Promise<void>((r) => this.#waiters.push(r)),
+        new Promise((r) => setTimeout(r, 200)),
+      ]);
+    }
+  }
+
+  async stop(): Promise<number> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch {
+      // already exited
+    }
+    const status = await this.child.status;
+    await this.done;
+    return status.code;
+  }
+}
+
+Deno.test("CLI: backup ← relay ← primary as three processes replicate a file; control planes answer", async () => {
+  const dir = await Deno.makeTempDir();
+  const image = new Uint8Array(3 << 20);
+  for (let i = 0; i < image.length; i += 4096) image[i] = i / 4096 & 255;
+  await Deno.writeFile(`${dir}/vm.img`, image);
+  const backup = new RoleProcess("backup", [
+    "--listen",
+    "tcp://127.0.0.1:0",
+    "--store",
+    `${dir}/store`,
+    "--http",
+    "127.0.0.1:0",
+  ]);
+  let primary: RoleProcess | null = null;
+  try {
+    const bUrl = (await backup.waitFor(/listening on (tcp:\/\/\S+)/))[1];
+    const bHttp = (await backup.waitFor(/control plane on (http:\/\/\S+)/))[1];
+    const relay = new RoleProcess("relay", [
+      "--listen",
+      "tcp://127.0.0.1:0",
+      "--to",
+      bUrl,
+      "--ack",
+      "all",
+      "--ack-level",
+      "durable",
+      "--http",
+      "127.0.0.1:0",
+    ]);
+    try {
+      const rUrl = (await relay.waitFor(/listening on (tcp:\/\/\S+)/))[1];
+      const rHttp = (await relay.waitFor(/control plane on (http:\/\/\S+)/))[1];
+      primary = new RoleProcess("primary", [
+        "--source",
+        `file:${dir}/vm.img`,
+        "--to",
+        rUrl,
+        "--interval",
+        "manual",
+        "--ack",
+        "all",
+        "--ack-level",
+        "durable",
+        "--http",
+        "127.0.0.1:0",
+      ]);
+      const pHttp =
+        (await primary.waitFor(/control plane on (http:\/\/\S+)/))[1];
+      // Manual checkpoints through the control plane.
+      for (let k = 1; k <= 3; k++) {
+        image[k * 4096 + 7] = 0xee;
+        await Deno.writeFile(`${dir}/vm.img`, image);
+        const res = await fetch(`${pHttp}/checkpoint`, { method: "POST" });
+        assertEquals(res.status, 200);
+        const figures = await res.json();
+        assertEquals(figures.epoch, k);
+        await primary.waitFor(new RegExp(`epoch ${k} committed`));
+        const stored = await Deno.readFile(`${dir}/store/vm.img`);
+        assert(
+          bytesEqual(stored, image),
+          `store equals the file at epoch ${k}`,
+        );
+      }
+      const status = await (await fetch(`${pHttp}/status`)).json();
+      assertEquals(status.role, "primary");
+      assertEquals(status.committedEpoch, 3);
+      assertEquals(status.peers[0].state, "live");
+      const rStatus = await (await fetch(`${rHttp}/status`)).json();
+      assertEquals(rStatus.role, "relay");
+      assertEquals(rStatus.peers[0].acked.durable, 3);
+      const bStatus = await (await fetch(`${bHttp}/status`)).json();
+      assertEquals(bStatus.role, "backup");
+      assertEquals(bStatus.epoch, 3);
+      const metrics = await (await fetch(`${pHttp}/metrics`)).text();
+      assert(
+        /patchwire_committed_epoch\{role="primary"\} 3/.test(metrics),
+        metrics,
+      );
+      assertEquals(await (await fetch(`${bHttp}/healthz`)).text(), "ok\n");
+      const wrong = await fetch(`${bHttp}/checkpoint`, { method: "POST" });
+      assertEquals(wrong.status, 409);
+      await wrong.body?.cancel();
+    } finally {
+      await primary?.stop();
+      await relay.stop();
+    }
+    // The primary is gone: promote the backup through its control plane.
+    const res = await fetch(`${bHttp}/promote`, {
+      method: "POST",
+      body: JSON.stringify({ to: [], ack: "none", interval: "manual" }),
+    });
+    const body = await res.json();
+    assertEquals(res.status, 200, JSON.stringify(body));
+    assertEquals(body.epoch, 3);
+    const after = await (await fetch(`${bHttp}/status`)).json();
+    assertEquals(after.role, "primary");
+  } finally {
+    await backup.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a clear error", async () => {
+  for (const tool of ["primary", "relay", "backup"]) {
+    const help = await runTool(tool, PERMS, ["--help"]);
+    assertEquals(help.code, 0);
+    assert(help.stdout.includes(`deno task ${tool}`), help.stdout);
+  }
+  const noStore = await runTool("backup", PERMS, [
+    "--listen",
+    "tcp://127.0.0.1:0",
+  ]);
+  assertEquals(noStore.code, 2);
+  assert(noStore.stderr.includes("--store is required"), noStore.stderr);
+  const badUrl = await runTool("backup", PERMS, [
+    "--listen",
+    "carrier-pigeon://x",
+    "--store",
+    "/tmp/never",
+  ]);
+  assertEquals(badUrl.code, 1);
+  assert(badUrl.stderr.includes("carrier-pigeon"), badUrl.stderr);
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/afile`, "x");
+    const badStore = await runTool("backup", PERMS, [
+      "--listen",
+      "tcp://127.0.0.1:0",
+      "--store",
+      `${dir}/afile`,
+    ]);
+    assertEquals(badStore.code, 1);
+    assert(badStore.stderr.includes(`${dir}/afile`), badStore.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  const badAck = await runTool("primary", PERMS, [
+    "--source",
+    "synthetic:size=64K",
+    "--to",
+    "tcp://127.0.0.1:1",
+    "--ack",
+    "most",
+  ]);
+  assertEquals(badAck.code, 2);
+  assert(badAck.stderr.includes('bad ack policy "most"'), badAck.stderr);
+  const badSource = await runTool("primary", PERMS, [
+    "--source",
+    "file:/nonexistent/vm.img",
+    "--to",
+    "tcp://127.0.0.1:1",
+  ]);
+  assertEquals(badSource.code, 1);
+  assert(badSource.stderr.includes("/nonexistent/vm.img"), badSource.stderr);
+});

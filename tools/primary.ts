@@ -1,0 +1,136 @@
+/**
+ * `deno task primary --source SOURCE --to URL[,URL...] [--interval MS | --interval manual]
+ *  [--ack all|quorum:K|any|none] [--ack-level received|applied|durable] [--http HOST:PORT]`
+ * @module
+ */
+
+import {
+  formatBytes,
+  intOption,
+  parseArgs,
+  runMain,
+  UsageError,
+} from "../src/_cli.ts";
+import {
+  ackPolicy,
+  COMMON_HELP,
+  COMMON_VALUED,
+  controlApp,
+  last,
+  list,
+  onSignal,
+  serveControl,
+  token,
+  transportOptions,
+} from "../src/_role_cli.ts";
+import { parseLevel } from "../src/level.ts";
+import { openSources } from "../src/source.ts";
+import { Primary } from "../src/primary.ts";
+import { formatAckPolicy } from "../src/ack_policy.ts";
+
+const USAGE =
+  `usage: deno task primary --source SOURCE [--source SOURCE...] --to URL[,URL...]
+         [--interval MS | --interval manual] [--ack all|quorum:K|any|none]
+         [--ack-level received|applied|durable] [--http HOST:PORT] [options]
+
+Checkpoints its sources every --interval ms (default 1000; "manual": only on
+POST /checkpoint), encodes what changed and replicates it to every --to peer
+(backups or relays). An epoch is committed once the ack policy is met: which
+peers (--ack, default all) acknowledged it how far (--ack-level, default applied).
+Logs one line per committed epoch.
+
+SOURCE: file:PATH (a file or device; several --source make several images),
+        series:DIR (an image series, one image per epoch) or
+        synthetic:SPEC (e.g. synthetic:images=3,size=16M,seed=1,dirty=0.02)
+URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH, wss://…
+
+  --level fast|max  codec operating point (default fast)
+  --log-bytes N     retained log bound, bytes (default 268435456)
+  --epochs N        stop after N committed epochs (default: run until stopped)
+${COMMON_HELP}`;
+
+await runMain(USAGE, async () => {
+  const args = parseArgs(Deno.args, [
+    "source",
+    "to",
+    "interval",
+    "ack",
+    "ack-level",
+    "level",
+    "log-bytes",
+    "epochs",
+    ...COMMON_VALUED,
+  ], ["help"]);
+  if (args.options.has("help")) {
+    console.log(USAGE);
+    return;
+  }
+  if (args.positional.length) {
+    throw new UsageError(`unexpected argument "${args.positional[0]}"`);
+  }
+  const sources = args.options.get("source") ?? [];
+  if (sources.length === 0) throw new UsageError("--source is required");
+  const to = list(args, "to");
+  const policy = ackPolicy(args);
+  if (to.length === 0 && policy.who.kind !== "none") {
+    throw new UsageError("--to is required (or --ack none)");
+  }
+  const intervalText = last(args, "interval") ?? "1000";
+  const intervalMs = intervalText === "manual"
+    ? null
+    : intOption(intervalText, "interval", 1);
+  const level = parseLevel(last(args, "level") ?? "fast");
+  const epochs = last(args, "epochs")
+    ? intOption(last(args, "epochs")!, "epochs", 1)
+    : Infinity;
+  const logBytes = last(args, "log-bytes")
+    ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
+    : undefined;
+  const transport = transportOptions(args);
+  let primary: Primary | null = null;
+  const { app } = controlApp(args, () => primary!);
+  const source = await openSources(sources);
+  primary = new Primary(source, {
+    to,
+    ack: policy,
+    level,
+    intervalMs,
+    token: token(args),
+    logBytes,
+    link: { transport },
+  });
+  const p = primary;
+  const server = await serveControl(args, app);
+  console.error(
+    `primary: ${source.name}: ${
+      source.images.map((i) => `${i.id} ${formatBytes(i.size)}`).join(", ")
+    } → ${to.join(", ") || "no peers"} (ack ${
+      formatAckPolicy(policy)
+    }, level ${level}, ${
+      intervalMs === null ? "manual checkpoints" : `every ${intervalMs} ms`
+    })`,
+  );
+  let done!: () => void;
+  const finished = new Promise<void>((r) => done = r);
+  let count = 0;
+  p.onCommit((r) => {
+    count++;
+    const ratio = r.wireBytes > 0 ? r.dirtyBytes / r.wireBytes : 0;
+    console.log(
+      `epoch ${r.epoch} committed: dirty ${formatBytes(r.dirtyBytes)} → wire ${
+        formatBytes(r.wireBytes)
+      } (${ratio.toFixed(1)}x), pause ${r.pauseMs.toFixed(1)} ms, encode ${
+        r.encodeMs.toFixed(1)
+      } ms, commit ${r.commitMs.toFixed(1)} ms`,
+    );
+    if (count >= epochs) done();
+  });
+  const stop = async () => {
+    await p.stop();
+    await server?.close();
+  };
+  onSignal(stop);
+  p.start();
+  await finished;
+  await stop();
+});

@@ -1,0 +1,81 @@
+/**
+ * `deno task relay --listen URL --to URL[,URL...] [--ack ...] [--ack-level ...] [--http HOST:PORT]`
+ * @module
+ */
+
+import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
+import {
+  ackPolicy,
+  COMMON_HELP,
+  COMMON_VALUED,
+  controlApp,
+  last,
+  list,
+  onSignal,
+  serveControl,
+  token,
+  transportOptions,
+} from "../src/_role_cli.ts";
+import { Relay } from "../src/relay.ts";
+import { formatAckPolicy } from "../src/ack_policy.ts";
+
+const USAGE =
+  `usage: deno task relay --listen URL --to URL[,URL...] [--ack all|quorum:K|any|none]
+         [--ack-level received|applied|durable] [--http HOST:PORT] [options]
+
+Takes one upstream stream (a primary or another relay) on --listen, verifies
+each epoch against its own replica and forwards the frames unchanged to every
+--to peer, each from its retained log at its own pace. It acks upstream once
+its own policy over its peers is met. A peer that reconnects catches up from
+the log; a new one, or one that fell out of it, gets a base sync.
+
+  --log-bytes N     retained log bound, bytes (default 268435456)
+${COMMON_HELP}`;
+
+await runMain(USAGE, async () => {
+  const args = parseArgs(Deno.args, [
+    "listen",
+    "to",
+    "ack",
+    "ack-level",
+    "log-bytes",
+    ...COMMON_VALUED,
+  ], ["help"]);
+  if (args.options.has("help")) {
+    console.log(USAGE);
+    return;
+  }
+  if (args.positional.length) {
+    throw new UsageError(`unexpected argument "${args.positional[0]}"`);
+  }
+  const listen = last(args, "listen");
+  if (!listen) throw new UsageError("--listen is required");
+  const to = list(args, "to");
+  if (to.length === 0) throw new UsageError("--to is required");
+  const policy = ackPolicy(args);
+  const transport = transportOptions(args);
+  let relay: Relay | null = null;
+  const { app, shared } = controlApp(args, () => relay!, listen);
+  relay = await Relay.open({
+    listen,
+    to,
+    ack: policy,
+    token: token(args),
+    logBytes: last(args, "log-bytes")
+      ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
+      : undefined,
+    transport: { ...transport, app: shared ? app! : undefined },
+    link: { transport },
+  });
+  const r = relay;
+  const server = await serveControl(args, app);
+  console.error(
+    `relay: listening on ${r.url} → ${to.join(", ")} (ack ${
+      formatAckPolicy(policy)
+    })`,
+  );
+  onSignal(async () => {
+    await r.close();
+    await server?.close();
+  });
+});
