@@ -35,7 +35,7 @@
  *
  * @example Create a store, commit an epoch, read it back after reopening
  * ```ts
- * import { BackupStore } from "./backup_store.ts";
+import { BackupStore } from "./backup_store.ts";
  * const dir = await Deno.makeTempDir();
  * const store = BackupStore.open(dir);
  * const img = { id: "vm0", size: 8, digestLo: 0, digestHi: 0 };
@@ -56,6 +56,7 @@
  */
 
 import { xxh32 } from "./checksum.ts";
+import { mapFile, type MappedFile } from "./_mmap.ts";
 
 /** One image of a stored checkpoint. */
 export interface StoredImage {
@@ -397,6 +398,8 @@ export class BackupStore {
   /** state.json text of #state; the base identity a journal is tied to. */
   #stateText: string | null = null;
   #files: Deno.FsFile[] = [];
+  /** The image files mapped into memory where FFI allows (else null: plain writes). */
+  #maps: (MappedFile | null)[] = [];
   /** Open for the store's lifetime: holds the lock and is reused every epoch. */
   #journal: Deno.FsFile;
   #closed = false;
@@ -800,11 +803,15 @@ export class BackupStore {
     ranges.forEach((r, i) => {
       if (i === half) crashPoint("some-images");
       const path = this.#imagePath(state.images[r.slot].id);
-      io(
-        "cannot write",
-        path,
-        () => writeAt(this.#files[r.slot], r.offset, r.bytes),
-      );
+      const map = this.#maps[r.slot];
+      if (map) map.bytes.set(r.bytes, r.offset);
+      else {
+        io(
+          "cannot write",
+          path,
+          () => writeAt(this.#files[r.slot], r.offset, r.bytes),
+        );
+      }
       touched.add(r.slot);
     });
     if (sync) {
@@ -812,7 +819,10 @@ export class BackupStore {
         io(
           "cannot fsync",
           this.#imagePath(state.images[s].id),
-          () => this.#files[s].syncDataSync(),
+          () => {
+            this.#maps[s]?.sync();
+            this.#files[s].syncDataSync();
+          },
         );
       }
     }
@@ -901,10 +911,13 @@ export class BackupStore {
           } says ${im.size}`,
         );
       }
+      this.#maps.push(mapFile(p, size));
     }
   }
 
   #closeImages(): void {
+    for (const m of this.#maps) m?.close();
+    this.#maps = [];
     for (const f of this.#files) {
       try {
         f.close();

@@ -2,7 +2,8 @@
  * Test TLS material: a throwaway CA and a leaf for `localhost`/`127.0.0.1`
  * signed by it, made with openssl. Deno (rustls) refuses a self-signed leaf
  * that is also a CA, so the tests need the two-certificate setup a real
- * deployment has. Generated once per process into a fresh temp dir.
+ * deployment has. Generated once per process into a fresh temp dir, which is
+ * removed when the process exits.
  * @module
  */
 
@@ -44,6 +45,14 @@ async function openssl(dir: string, args: string[]): Promise<void> {
 
 async function generate(): Promise<TestCerts> {
   const dir = await Deno.makeTempDir({ prefix: "patchwire-certs-" });
+  // Removed when the process ends; the PEMs stay available in memory.
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // Already gone.
+    }
+  });
   // EC P-256 keys: small, fast to generate, accepted by rustls and quinn.
   await openssl(dir, [
     "req",

@@ -539,7 +539,8 @@ async function runAndKill(
   fromSpawn: boolean,
 ): Promise<Round> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-read", "--allow-write", WRITER, dir],
+    // --allow-ffi: the writer maps its image files, as a backup does.
+    args: ["run", "--allow-read", "--allow-write", "--allow-ffi", WRITER, dir],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

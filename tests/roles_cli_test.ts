@@ -251,3 +251,42 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
   assertEquals(badSource.code, 1);
   assert(badSource.stderr.includes("/nonexistent/vm.img"), badSource.stderr);
 });
+
+Deno.test("CLI: a backup serves its ws: endpoint and its control plane on one port", async () => {
+  const dir = await Deno.makeTempDir();
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const backup = new RoleProcess("backup", [
+    "--listen",
+    `ws://127.0.0.1:${port}/replicate`,
+    "--store",
+    `${dir}/store`,
+    "--http",
+    `127.0.0.1:${port}`,
+  ]);
+  let primary: RoleProcess | null = null;
+  try {
+    await backup.waitFor(/control plane on http:/);
+    primary = new RoleProcess("primary", [
+      "--source",
+      "synthetic:images=2,size=256K",
+      "--to",
+      `ws://127.0.0.1:${port}/replicate`,
+      "--interval",
+      "50",
+      "--epochs",
+      "3",
+    ]);
+    await primary.waitFor(/epoch 3 committed/);
+    assertEquals(await primary.child.status.then((s) => s.code), 0);
+    const status = await (await fetch(`http://127.0.0.1:${port}/status`))
+      .json();
+    assertEquals(status.role, "backup");
+    assert(status.epoch >= 3, `backup epoch ${status.epoch}`);
+  } finally {
+    await primary?.stop();
+    await backup.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

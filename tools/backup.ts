@@ -124,7 +124,7 @@ await runMain(USAGE, async () => {
   const b = backup;
   const server = await serveControl(args, app);
   console.error(
-    `backup: listening on ${b.url}, store ${b.store.dir} at epoch ${b.epoch}`,
+    `backup: listening on ${b.url} (store ${b.store.dir} at epoch ${b.epoch})`,
   );
   if (args.options.has("promote")) {
     if (fallback.to.length === 0 && fallback.ack!.who.kind !== "none") {

@@ -7,6 +7,16 @@
  * {@linkcode READ_AHEAD_BYTES} past what `receive` consumed, so a reader that
  * stops reading stops pulling from the socket and the kernel's (or QUIC's) flow
  * control stalls the writer: that is the backpressure.
+ *
+ * The pump reads into slabs of {@linkcode SLAB_BYTES} that the buffered chunks
+ * share (no allocation per read), and, while a `receive` waits for at least
+ * {@linkcode DIRECT_READ_BYTES} more bytes of a message and nothing is
+ * buffered, straight into that message's array: big messages are then copied
+ * once, by the kernel (or QUIC), not a second time in JavaScript.
+ *
+ * The end of the file holds the small helpers every adapter shares: URL
+ * checks ({@linkcode parseHostPort}), {@linkcode withTimeout} and
+ * {@linkcode AcceptQueue}.
  * @module
  */
 
@@ -25,12 +35,27 @@ export const LINGER_MS = 2_000;
 /** Messages at most this big are copied behind their header and written at once. */
 const COALESCE_BYTES = 64 << 10;
 
+/** Size of the buffers the pump reads ahead into (chunks are views of them). */
+export const SLAB_BYTES = 256 << 10;
+
+/** A slab with less room than this left is replaced by a fresh one. */
+const MIN_SLAB_READ_BYTES = 16 << 10;
+
+/** A `receive` missing at least this many bytes of a message has them read straight into it. */
+export const DIRECT_READ_BYTES = 64 << 10;
+
 /** A bidirectional byte stream as the framing needs it. */
 export interface ByteDuplex {
   /** Where the other end is, for logs. */
   readonly remote: string;
-  /** Incoming bytes; ends at the peer's end-of-stream. */
-  readonly readable: ReadableStream<Uint8Array>;
+  /**
+   * Reads some incoming bytes into `into` (never empty) and returns the view
+   * of `into` they fill, or `null` at the peer's end-of-stream. Only one read
+   * at a time. A BYOB stream read transfers `into`'s buffer: the returned view
+   * is then over a new `ArrayBuffer` (same memory, same offset) and `into`,
+   * with every other view of its old buffer, is detached.
+   */
+  read(into: Uint8Array): Promise<Uint8Array | null>;
   /** Writes all of `bytes`; resolves once the transport took them. */
   write(bytes: Uint8Array): Promise<void>;
   /** Ends the outgoing direction after what was written (TCP/QUIC FIN). */
@@ -44,7 +69,10 @@ export function duplexFromConn(conn: Deno.Conn, remote: string): ByteDuplex {
   let destroyed = false;
   return {
     remote,
-    readable: conn.readable,
+    async read(into) {
+      const n = await conn.read(into);
+      return n === null ? null : into.subarray(0, n);
+    },
     async write(bytes) {
       // conn.write may take only part of a large buffer; loop over views, no copies.
       let offset = 0;
@@ -95,6 +123,12 @@ export function checkMessageSize(
   }
 }
 
+/** A message being received: its array and how much of it is filled. */
+interface DirectTarget {
+  out: Uint8Array;
+  filled: number;
+}
+
 /** A {@linkcode Connection} carrying length-prefixed messages over a byte stream. */
 export class LengthPrefixedConnection implements Connection {
   readonly remote: string;
@@ -115,6 +149,8 @@ export class LengthPrefixedConnection implements Connection {
   #dataWaiter: PromiseWithResolvers<void> | null = null;
   #spaceWaiter: PromiseWithResolvers<void> | null = null;
   #receiving = false;
+  /** A message `receive` is filling, for the pump to read straight into. */
+  #direct: DirectTarget | null = null;
 
   // Write side: frames are written one after another through this chain.
   #writeChain: Promise<void> = Promise.resolve();
@@ -242,9 +278,23 @@ export class LengthPrefixedConnection implements Connection {
    * ended its stream before any byte.
    */
   async #take(length: number, atBoundary: boolean): Promise<Uint8Array | null> {
-    const out = new Uint8Array(length);
-    let filled = 0;
-    while (filled < length) {
+    // The pump may fill `target` while we wait (see #pump): it is the truth
+    // about `out` and `filled` across every await.
+    const target: DirectTarget = { out: new Uint8Array(length), filled: 0 };
+    try {
+      return await this.#fill(target, atBoundary);
+    } finally {
+      if (this.#direct === target) this.#direct = null;
+    }
+  }
+
+  async #fill(
+    target: DirectTarget,
+    atBoundary: boolean,
+  ): Promise<Uint8Array | null> {
+    const length = target.out.length;
+    while (target.filled < length) {
+      const filled = target.filled;
       if (this.#localClosed) return null;
       if (this.#buffered === 0) {
         if (this.#readError) throw this.#readError;
@@ -257,17 +307,23 @@ export class LengthPrefixedConnection implements Connection {
           );
         }
         if (this.#destroyed) return null;
+        this.#direct = length - filled >= DIRECT_READ_BYTES ? target : null;
         this.#dataWaiter = Promise.withResolvers();
         await this.#dataWaiter.promise;
         continue;
       }
+      // Only while nothing is buffered does the pump read into `target`, and
+      // it adds no chunk meanwhile: chunks and direct reads never interleave.
       const chunk = this.#chunks[this.#head];
       const n = Math.min(chunk.length - this.#headOffset, length - filled);
-      out.set(chunk.subarray(this.#headOffset, this.#headOffset + n), filled);
-      filled += n;
+      target.out.set(
+        chunk.subarray(this.#headOffset, this.#headOffset + n),
+        filled,
+      );
+      target.filled += n;
       this.#consume(n);
     }
-    return out;
+    return target.out;
   }
 
   #consume(n: number): void {
@@ -295,7 +351,8 @@ export class LengthPrefixedConnection implements Connection {
 
   /** Reads ahead of `receive`, bounded by READ_AHEAD_BYTES; sees the peer's end even when idle. */
   async #pump(): Promise<void> {
-    const reader = this.#duplex.readable.getReader();
+    let slab: Uint8Array = new Uint8Array(SLAB_BYTES);
+    let slabUsed = 0;
     try {
       while (true) {
         while (
@@ -304,12 +361,46 @@ export class LengthPrefixedConnection implements Connection {
           this.#spaceWaiter = Promise.withResolvers();
           await this.#spaceWaiter.promise;
         }
-        const { value, done } = await reader.read();
-        if (done) break;
+        const direct = this.#direct;
+        if (
+          direct && this.#buffered === 0 && !this.#localClosed &&
+          direct.filled < direct.out.length
+        ) {
+          // Straight into the message `receive` is waiting for.
+          const view = await this.#duplex.read(
+            direct.out.subarray(direct.filled),
+          );
+          if (view === null) break;
+          if (view.buffer !== direct.out.buffer) {
+            direct.out = new Uint8Array(view.buffer); // transferred (BYOB)
+          }
+          direct.filled += view.length;
+          this.#wakeReader();
+          continue;
+        }
+        if (slab.length - slabUsed < MIN_SLAB_READ_BYTES) {
+          slab = new Uint8Array(SLAB_BYTES);
+          slabUsed = 0;
+        }
+        const view = await this.#duplex.read(slab.subarray(slabUsed));
+        if (view === null) break;
         if (this.#localClosed) continue; // lingering after close(): discard
-        if (value.length === 0) continue;
-        this.#chunks.push(value);
-        this.#buffered += value.length;
+        if (view.length === 0) continue;
+        let chunk = view;
+        if (view.buffer === slab.buffer) {
+          slabUsed += view.length;
+        } else if (view.length * 4 >= SLAB_BYTES) {
+          // Transferred (BYOB), and big: the chunk keeps the buffer.
+          slab = new Uint8Array(SLAB_BYTES);
+          slabUsed = 0;
+        } else {
+          // Transferred and small: copy it out and read into the buffer again.
+          chunk = view.slice();
+          slab = new Uint8Array(view.buffer);
+          slabUsed = 0;
+        }
+        this.#chunks.push(chunk);
+        this.#buffered += chunk.length;
         this.#wakeReader();
       }
       this.#eof = true;
@@ -319,12 +410,6 @@ export class LengthPrefixedConnection implements Connection {
           `connection from ${this.remote} broke`,
           error,
         );
-      }
-    } finally {
-      try {
-        reader.releaseLock();
-      } catch {
-        // A pending read on a destroyed resource: nothing to release.
       }
     }
     this.#wakeReader();

@@ -51,10 +51,15 @@ function quicDuplex(
   onDestroy: () => void,
 ): ByteDuplex {
   const writer = stream.writable.getWriter();
+  // BYOB: reads land in the caller's array (see ByteDuplex.read).
+  const reader = stream.readable.getReader({ mode: "byob" });
   let destroyed = false;
   return {
     remote: formatAddr(conn.remoteAddr),
-    readable: stream.readable,
+    async read(into) {
+      const { value, done } = await reader.read(into);
+      return done ? null : value;
+    },
     write: (bytes) => writer.write(bytes),
     closeWrite: () => writer.close(),
     destroy() {
