@@ -180,6 +180,7 @@ async function run(
     // Warm-up: the initial full sync and a few epochs.
     for (let i = 0; i < 4; i++) await primary.checkpoint();
     const lat = new SampleWindow(epochs);
+    const worst: [number, number, number][] = [];
     const upload0 = primary.links.reduce((n, l) => n + l.bytesSent, 0);
     const cpu0 = roles.map((r) => r.cpuMs());
     let dirty = 0;
@@ -192,11 +193,21 @@ async function run(
       pending.push(
         primary.checkpoint().then((r) => {
           lat.add(r.commitMs);
+          worst.push([r.commitMs, r.epoch, r.encodeMs + r.pauseMs]);
           dirty += r.dirtyBytes;
         }),
       );
     }
     await Promise.all(pending);
+    if (Deno.env.get("BENCH_VERBOSE")) {
+      worst.sort((a, b) => b[0] - a[0]);
+      console.error(
+        `worst commits (ms, epoch, capture+encode ms): ${
+          worst.slice(0, 6).map((w) => w.map((x) => x.toFixed(0)).join("/"))
+            .join(" ")
+        }`,
+      );
+    }
     const seconds = (performance.now() - t0) / 1000;
     const upload = primary.links.reduce((n, l) => n + l.bytesSent, 0) -
       upload0;

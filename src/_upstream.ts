@@ -19,6 +19,12 @@ import {
   isFrame,
 } from "./protocol.ts";
 import { BaseReceiver } from "./base_sync.ts";
+import { decodeFrame, FrameType } from "./frame.ts";
+
+/** True for a codec frame of type COMMIT (msgpack: fixarray, "PWR", version, flags, type). */
+function isCommitFrame(bytes: Uint8Array): boolean {
+  return bytes.length > 7 && bytes[7] === FrameType.COMMIT;
+}
 
 /** What the role does with what arrives. */
 export interface ReplicaHooks {
@@ -32,6 +38,19 @@ export interface ReplicaHooks {
     frames: Uint8Array[],
     applied: AppliedEpoch,
   ): AckLevel | null;
+  /**
+   * Optional cut-through: an epoch's frames are all here (its COMMIT just
+   * arrived, not yet verified); `images` are the digests the COMMIT names.
+   * A relay forwards them now, before its own decode, so it adds no decode
+   * time to the commit latency (every backup verifies for itself).
+   */
+  forward?(
+    epoch: number,
+    frames: Uint8Array[],
+    images: ImageDigestInfo[],
+  ): void;
+  /** Optional: an epoch was rejected; the replica stays at `epoch`. */
+  rejected?(epoch: number): void;
   /** The STATE answer went out: the upstream is connected (acks restart from what the replica holds). */
   connected(epoch: number): void;
   /** A base sync finished and verified; the role installs it; returns the level to ack now, or null. */
@@ -161,7 +180,31 @@ export class UpstreamServer {
         this.bytesReceived += bytes.length;
         if (isFrame(bytes)) {
           frames.push(bytes);
-          const applied = decoder.receive(bytes);
+          if (this.hooks.forward && isCommitFrame(bytes)) {
+            const commit = decodeFrame(bytes);
+            if (commit.type === FrameType.COMMIT) {
+              this.hooks.forward(
+                commit.epoch,
+                frames,
+                commit.body.images.map((i) => ({
+                  id: i.id,
+                  size: i.size,
+                  digestLo: i.digestLo,
+                  digestHi: i.digestHi,
+                })),
+              );
+              // Let the links hand the frames to their sockets before the
+              // decode below holds the thread.
+              await new Promise((r) => setTimeout(r, 0));
+            }
+          }
+          let applied;
+          try {
+            applied = decoder.receive(bytes);
+          } catch (e) {
+            this.hooks.rejected?.(decoder.epoch);
+            throw e;
+          }
           if (applied) {
             const epochFrames = frames;
             frames = [];

@@ -141,18 +141,26 @@ export class Relay implements LinkOwner, ReplicaHooks {
     return fresh;
   }
 
-  applied(
+  forward(
     epoch: number,
     frames: Uint8Array[],
+    images: ImageDigestInfo[],
+  ): void {
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
+    this.retained.append({ epoch, frames, bytes, images });
+  }
+
+  rejected(epoch: number): void {
+    // The log ran ahead with an epoch this replica refused: peers that took
+    // it will be refused too; restart the log where the replica is.
+    this.retained.restart(epoch, digestsOf(this.decoder!));
+  }
+
+  applied(
+    _epoch: number,
+    _frames: Uint8Array[],
     _applied: AppliedEpoch,
   ): AckLevel | null {
-    const bytes = frames.reduce((n, f) => n + f.length, 0);
-    this.retained.append({
-      epoch,
-      frames,
-      bytes,
-      images: digestsOf(this.decoder!),
-    });
     this.#ackUp();
     return null;
   }
@@ -184,10 +192,15 @@ export class Relay implements LinkOwner, ReplicaHooks {
     const own = this.epoch;
     for (let level = AckLevel.durable; level >= 0; level--) {
       const acked = this.links.map((l) => l.acks.epochs[level]);
-      // `none`: the relay's own replica speaks for the levels it reaches itself.
+      // `none`: the relay's own replica speaks for the levels it reaches
+      // itself. Otherwise the peers do; the relay's own decode (for base
+      // syncs) runs after forwarding and is not waited for.
       const e = this.policy.who.kind === "none"
         ? (level <= AckLevel.applied ? own : 0)
-        : Math.min(own, committedEpoch(this.policy.who, acked, own));
+        : Math.min(
+          this.retained.last,
+          committedEpoch(this.policy.who, acked, own),
+        );
       if (e > this.ackedUp[level]) {
         for (let l = 0; l <= level; l++) {
           this.ackedUp[l] = Math.max(this.ackedUp[l], e);
