@@ -290,3 +290,50 @@ Deno.test("CLI: a backup serves its ws: endpoint and its control plane on one po
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("CLI: backup --promote starts as a primary from its store's last committed epoch", async () => {
+  const dir = await Deno.makeTempDir();
+  const { Backup } = await import("../src/backup.ts");
+  const { Primary } = await import("../src/primary.ts");
+  const { openSource } = await import("../src/source.ts");
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/store`,
+    note: () => {},
+  });
+  const p = new Primary(await openSource("synthetic:images=1,size=128K"), {
+    to: [b.url],
+    intervalMs: null,
+    note: () => {},
+  });
+  p.start();
+  for (let i = 0; i < 3; i++) await p.checkpoint();
+  await p.stop();
+  await b.close();
+  const promoted = new RoleProcess("backup", [
+    "--listen",
+    "tcp://127.0.0.1:0",
+    "--store",
+    `${dir}/store`,
+    "--promote",
+    "--ack",
+    "none",
+    "--interval",
+    "manual",
+    "--http",
+    "127.0.0.1:0",
+  ]);
+  try {
+    const http = (await promoted.waitFor(/control plane on (http:\/\/\S+)/))[1];
+    await promoted.waitFor(/promoted to primary at epoch 3/);
+    const res = await fetch(`${http}/checkpoint`, { method: "POST" });
+    const figures = await res.json();
+    assertEquals(figures.epoch, 4, JSON.stringify(figures));
+    const status = await (await fetch(`${http}/status`)).json();
+    assertEquals(status.role, "primary");
+    assertEquals(status.committedEpoch, 4);
+  } finally {
+    await promoted.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
