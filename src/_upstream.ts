@@ -69,6 +69,15 @@ export function digestsOf(decoder: EpochDecoder): ImageDigestInfo[] {
   });
 }
 
+/** True if `decoder` holds the images (ids, sizes, block size) a HELLO names. */
+export function replicates(decoder: EpochDecoder, hello: Hello): boolean {
+  return decoder.images.length === hello.images.length &&
+    decoder.hasher.blockSize === hello.blockSize &&
+    decoder.images.every((i, s) =>
+      i.id === hello.images[s].id && i.size === hello.images[s].size
+    );
+}
+
 /** Serves the upstream link of a relay or backup. */
 export class UpstreamServer {
   remote: string | null = null;

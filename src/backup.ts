@@ -11,7 +11,12 @@ import type { TransportOptions } from "./transport.ts";
 import { EpochDecoder } from "./decoder.ts";
 import { BackupStore, type StoredState } from "./backup_store.ts";
 import { AckLevel, type Hello, type ImageDigestInfo } from "./protocol.ts";
-import { digestsOf, type ReplicaHooks, UpstreamServer } from "./_upstream.ts";
+import {
+  digestsOf,
+  type ReplicaHooks,
+  replicates,
+  UpstreamServer,
+} from "./_upstream.ts";
 import { Primary, type PrimaryOptions } from "./primary.ts";
 import { FileSource, MultiSource } from "./source.ts";
 import { formatDigest } from "./digest.ts";
@@ -156,13 +161,7 @@ export class Backup implements ReplicaHooks {
 
   prepare(hello: Hello): EpochDecoder {
     const d = this.decoder;
-    if (
-      d && d.images.length === hello.images.length &&
-      d.hasher.blockSize === hello.blockSize &&
-      d.images.every((i, s) =>
-        i.id === hello.images[s].id && i.size === hello.images[s].size
-      )
-    ) return d;
+    if (d && replicates(d, hello)) return d;
     if (d) {
       this.#note(
         `upstream replicates other images (${

@@ -26,7 +26,12 @@ import { RetainedLog } from "./retained_log.ts";
 import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
 import type { BaseSnapshot } from "./base_sync.ts";
 import { createZstd, type Zstd } from "./compress/zstd.ts";
-import { digestsOf, type ReplicaHooks, UpstreamServer } from "./_upstream.ts";
+import {
+  digestsOf,
+  type ReplicaHooks,
+  replicates,
+  UpstreamServer,
+} from "./_upstream.ts";
 
 /** Options of {@linkcode Relay.open}. */
 export interface RelayOptions {
@@ -123,13 +128,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
 
   prepare(hello: Hello): EpochDecoder {
     const d = this.decoder;
-    if (
-      d && d.images.length === hello.images.length &&
-      d.hasher.blockSize === hello.blockSize &&
-      d.images.every((i, s) =>
-        i.id === hello.images[s].id && i.size === hello.images[s].size
-      )
-    ) return d;
+    if (d && replicates(d, hello)) return d;
     const fresh = new EpochDecoder(hello.images, {
       blockSize: hello.blockSize,
       zstd: this.zstd,
