@@ -38,8 +38,11 @@ const COALESCE_BYTES = 64 << 10;
 /** Size of the buffers the pump reads ahead into (chunks are views of them). */
 export const SLAB_BYTES = 256 << 10;
 
-/** A slab with less room than this left is replaced by a fresh one. */
+/** A slab with less room than this left is replaced. */
 const MIN_SLAB_READ_BYTES = 16 << 10;
+
+/** Consumed slabs kept for reuse, per connection. */
+const SPARE_SLABS = 2;
 
 /** A `receive` missing at least this many bytes of a message has them read straight into it. */
 export const DIRECT_READ_BYTES = 64 << 10;
@@ -151,9 +154,19 @@ export class LengthPrefixedConnection implements Connection {
   #receiving = false;
   /** A message `receive` is filling, for the pump to read straight into. */
   #direct: DirectTarget | null = null;
+  /** Settled when `receive` next stops: waits for data, or returns. */
+  #readerStopped: PromiseWithResolvers<void> | null = null;
+  /** The slab the pump reads into, from #slabUsed on. */
+  #slab: Uint8Array = new Uint8Array(SLAB_BYTES);
+  #slabUsed = 0;
+  /** Slabs whose chunks were all consumed (see #consume). */
+  #spareSlabs: Uint8Array[] = [];
 
   // Write side: frames are written one after another through this chain.
   #writeChain: Promise<void> = Promise.resolve();
+  /** Where frames are assembled; free again once their write resolved. */
+  #frame = new Uint8Array(4 + COALESCE_BYTES);
+  #frameView = new DataView(this.#frame.buffer);
   #pendingSends = 0;
 
   #closing = false; // closed by either side or broken: sends reject
@@ -208,16 +221,15 @@ export class LengthPrefixedConnection implements Connection {
     }
     const length = message.length;
     try {
+      // Writes are sequential (#writeChain), so one frame buffer serves all;
+      // no allocation per message.
+      this.#frameView.setUint32(0, length);
       if (length <= COALESCE_BYTES) {
-        const frame = new Uint8Array(4 + length);
-        new DataView(frame.buffer).setUint32(0, length);
-        frame.set(message, 4);
-        await this.#duplex.write(frame);
+        this.#frame.set(message, 4);
+        await this.#duplex.write(this.#frame.subarray(0, 4 + length));
       } else {
         // Big payloads are written from the caller's buffer: no copy.
-        const header = new Uint8Array(4);
-        new DataView(header.buffer).setUint32(0, length);
-        await this.#duplex.write(header);
+        await this.#duplex.write(this.#frame.subarray(0, 4));
         await this.#duplex.write(message);
       }
     } catch (error) {
@@ -253,13 +265,8 @@ export class LengthPrefixedConnection implements Connection {
         }
         this.#preamble = null;
       }
-      const header = await this.#take(4, true);
-      if (header === null) return null;
-      const length = new DataView(
-        header.buffer,
-        header.byteOffset,
-        4,
-      ).getUint32(0);
+      const length = await this.#takeLength();
+      if (length === null) return null;
       try {
         checkMessageSize(length, this.#max, "receive");
       } catch (error) {
@@ -269,7 +276,25 @@ export class LengthPrefixedConnection implements Connection {
       return await this.#take(length, false);
     } finally {
       this.#receiving = false;
+      this.#readerDone();
     }
+  }
+
+  /** The next length prefix, or `null` as {@linkcode #take} at a boundary. */
+  async #takeLength(): Promise<number | null> {
+    const chunk = this.#chunks[this.#head];
+    const at = this.#headOffset;
+    if (this.#buffered >= 4 && chunk.length - at >= 4 && !this.#localClosed) {
+      // The usual case, without allocating: all four bytes in one chunk.
+      const length =
+        ((chunk[at] << 24) | (chunk[at + 1] << 16) | (chunk[at + 2] << 8) |
+          chunk[at + 3]) >>> 0;
+      this.#consume(4);
+      return length;
+    }
+    const header = await this.#take(4, true);
+    if (header === null) return null;
+    return new DataView(header.buffer, header.byteOffset, 4).getUint32(0);
   }
 
   /**
@@ -309,6 +334,7 @@ export class LengthPrefixedConnection implements Connection {
         if (this.#destroyed) return null;
         this.#direct = length - filled >= DIRECT_READ_BYTES ? target : null;
         this.#dataWaiter = Promise.withResolvers();
+        this.#readerDone();
         await this.#dataWaiter.promise;
         continue;
       }
@@ -329,9 +355,11 @@ export class LengthPrefixedConnection implements Connection {
   #consume(n: number): void {
     this.#buffered -= n;
     this.#headOffset += n;
-    if (this.#headOffset === this.#chunks[this.#head].length) {
+    const chunk = this.#chunks[this.#head];
+    if (this.#headOffset === chunk.length) {
       this.#head++;
       this.#headOffset = 0;
+      this.#recycle(chunk.buffer as ArrayBuffer);
       // Drop consumed chunks in batches: no per-chunk array shifting.
       if (this.#head >= 64 && this.#head * 2 >= this.#chunks.length) {
         this.#chunks = this.#chunks.slice(this.#head);
@@ -344,15 +372,51 @@ export class LengthPrefixedConnection implements Connection {
     }
   }
 
+  /**
+   * `buffer` held a chunk now consumed. Chunks are views of slabs, taken in
+   * order, and nothing else holds them (`receive` copies them out), so a
+   * slab is free once its last chunk is consumed, unless the pump is still
+   * filling it.
+   */
+  #recycle(buffer: ArrayBuffer): void {
+    if (
+      buffer.byteLength !== SLAB_BYTES ||
+      this.#spareSlabs.length >= SPARE_SLABS ||
+      buffer === this.#slab.buffer ||
+      (this.#buffered > 0 && this.#chunks[this.#head].buffer === buffer)
+    ) return;
+    this.#spareSlabs.push(new Uint8Array(buffer));
+  }
+
   #wakeReader(): void {
     this.#dataWaiter?.resolve();
     this.#dataWaiter = null;
   }
 
+  /** `receive` took what it could and stopped (see #handOver). */
+  #readerDone(): void {
+    this.#readerStopped?.resolve();
+    this.#readerStopped = null;
+  }
+
+  /**
+   * Wakes `receive` after new bytes and, if one is running, lets it take
+   * them before the pump picks where its next read goes: into the message
+   * `receive` then waits for (a direct read), or into a slab.
+   */
+  async #handOver(): Promise<void> {
+    if (!this.#receiving) {
+      this.#wakeReader();
+      return;
+    }
+    const stopped = Promise.withResolvers<void>();
+    this.#readerStopped = stopped;
+    this.#wakeReader();
+    await stopped.promise;
+  }
+
   /** Reads ahead of `receive`, bounded by READ_AHEAD_BYTES; sees the peer's end even when idle. */
   async #pump(): Promise<void> {
-    let slab: Uint8Array = new Uint8Array(SLAB_BYTES);
-    let slabUsed = 0;
     try {
       while (true) {
         while (
@@ -375,33 +439,36 @@ export class LengthPrefixedConnection implements Connection {
             direct.out = new Uint8Array(view.buffer); // transferred (BYOB)
           }
           direct.filled += view.length;
-          this.#wakeReader();
+          await this.#handOver();
           continue;
         }
-        if (slab.length - slabUsed < MIN_SLAB_READ_BYTES) {
-          slab = new Uint8Array(SLAB_BYTES);
-          slabUsed = 0;
+        // With nothing buffered, no chunk is left in the slab: start it over.
+        if (this.#buffered === 0) this.#slabUsed = 0;
+        if (this.#slab.length - this.#slabUsed < MIN_SLAB_READ_BYTES) {
+          this.#slab = this.#spareSlabs.pop() ?? new Uint8Array(SLAB_BYTES);
+          this.#slabUsed = 0;
         }
-        const view = await this.#duplex.read(slab.subarray(slabUsed));
+        const slab = this.#slab;
+        const view = await this.#duplex.read(slab.subarray(this.#slabUsed));
         if (view === null) break;
         if (this.#localClosed) continue; // lingering after close(): discard
         if (view.length === 0) continue;
         let chunk = view;
         if (view.buffer === slab.buffer) {
-          slabUsed += view.length;
+          this.#slabUsed += view.length;
         } else if (view.length * 4 >= SLAB_BYTES) {
           // Transferred (BYOB), and big: the chunk keeps the buffer.
-          slab = new Uint8Array(SLAB_BYTES);
-          slabUsed = 0;
+          this.#slab = this.#spareSlabs.pop() ?? new Uint8Array(SLAB_BYTES);
+          this.#slabUsed = 0;
         } else {
           // Transferred and small: copy it out and read into the buffer again.
           chunk = view.slice();
-          slab = new Uint8Array(view.buffer);
-          slabUsed = 0;
+          this.#slab = new Uint8Array(view.buffer);
+          this.#slabUsed = 0;
         }
         this.#chunks.push(chunk);
         this.#buffered += chunk.length;
-        this.#wakeReader();
+        await this.#handOver();
       }
       this.#eof = true;
     } catch (error) {
@@ -462,6 +529,7 @@ export class LengthPrefixedConnection implements Connection {
     }
     this.#duplex.destroy();
     this.#wakeReader();
+    this.#readerDone();
     this.#spaceWaiter?.resolve();
     this.#lingerDone?.resolve();
     this.#resolveClosed();
