@@ -3,8 +3,10 @@
  * WebSocket. Servers are hono routes (`upgradeWebSocket` from `hono/deno`)
  * mounted at the URL's path (default {@linkcode DEFAULT_WS_PATH}), either on
  * `options.app` (the caller serves it) or on a server of the listener's own.
- * Clients use the standard `WebSocket`; for `wss:` with `options.tls.caCerts`
- * they go through a `Deno.createHttpClient({ caCerts })`.
+ * Clients use the minimal WebSocket client of `_ws_client.ts` (Nagle off, one
+ * write per frame), not the standard `WebSocket`, whose frames could wait
+ * ~40 ms for a delayed ACK (see there); `wss:` clients trust the system roots
+ * plus `options.tls.caCerts`.
  *
  * Wire protocol, between two of these adapters:
  * - a binary WebSocket message is one message, if at most
@@ -18,20 +20,16 @@
  * the API), so a slow reader would buffer without bound. A sender only starts
  * a message while less than {@linkcode WS_WINDOW_BYTES} are unacknowledged,
  * so a reader that stops calling `receive` stalls the writer after about one
- * window plus one message. Locally, `send` also waits while the socket's
- * `bufferedAmount` is above the window.
+ * window plus one message. Locally, `send` also waits for the client
+ * socket's write, and while a server socket's `bufferedAmount` is above the
+ * window.
  *
- * - a text message `k` does nothing (see below).
+ * - a text message `k` does nothing. Earlier `wss:` clients sent it to flush
+ *   the standard `WebSocket`'s unsent TLS tail (denoland/deno#36862); our
+ *   client awaits its writes, so it neither needs nor sends it.
  *
  * Closing sends close code 1000 (the peer's `receive` returns `null`); any
  * other code, or none, is a broken connection.
- *
- * Deno 2.9's `WebSocket` client over `wss:` can leave the last bytes of a
- * frame unsent, with `bufferedAmount` already 0, until it sends something
- * else (denoland/deno#36862: the TLS stream is not flushed after a write that
- * would block). `wss:` clients therefore follow data with a few no-op `k`
- * messages at growing intervals while no other send happens, and send them
- * while waiting for acknowledgements.
  * @module
  */
 
@@ -54,6 +52,7 @@ import {
   transportError,
 } from "./_length_prefixed.ts";
 import { serverTls } from "./tls.ts";
+import { connectWebSocket, type WebSocketLike } from "./_ws_client.ts";
 
 /** Where the endpoint is mounted when the URL has no path. */
 export const DEFAULT_WS_PATH = "/patchwire";
@@ -66,9 +65,6 @@ export const WS_WINDOW_BYTES = 8 << 20;
 
 /** How often `send` re-checks `bufferedAmount` while it is high. */
 const DRAIN_POLL_MS = 2;
-
-/** When `wss:` clients send no-op `k` messages after their last data write (deno#36862). */
-const KICK_DELAYS_MS = [2, 10, 50, 250, 1_000, 2_000, 4_000];
 
 const CLOSE_NORMAL = 1000;
 const CLOSE_PROTOCOL_ERROR = 1002;
@@ -85,12 +81,9 @@ class WsConnection implements Connection {
   readonly remote: string;
   readonly closed: Promise<void>;
 
-  readonly #ws: WebSocket;
+  readonly #ws: WebSocketLike;
   readonly #max: number;
   readonly #onGone: () => Promise<void>;
-  readonly #kicks: boolean;
-  #kickTimer: ReturnType<typeof setTimeout> | undefined;
-  #kickStep = 0;
   readonly #closeEvent = Promise.withResolvers<void>();
 
   #queue: Uint8Array[] = [];
@@ -113,14 +106,12 @@ class WsConnection implements Connection {
   #closeDone: Promise<void> | null = null;
 
   constructor(
-    ws: WebSocket,
+    ws: WebSocketLike,
     remote: string,
     maxMessageBytes: number,
     onGone: () => Promise<void> = () => Promise.resolve(),
-    kicks = false,
   ) {
     this.#ws = ws;
-    this.#kicks = kicks;
     this.remote = remote;
     this.#max = maxMessageBytes;
     this.#onGone = onGone;
@@ -132,11 +123,6 @@ class WsConnection implements Connection {
     ws.addEventListener("close", (event) => this.#onClose(event));
     // `closed` settles once the socket is gone and its server (if any) released.
     this.closed = this.#closeEvent.promise.then(() => this.#gone());
-  }
-
-  /** The message of the socket's last `error` event ("" if none). */
-  get lastError(): string {
-    return this.#errorMessage;
   }
 
   #goneDone: Promise<void> | null = null;
@@ -169,65 +155,26 @@ class WsConnection implements Connection {
       !this.#ended && this.#sentBytes - this.#ackedBytes >= WS_WINDOW_BYTES
     ) {
       this.#creditWaiter ??= Promise.withResolvers();
-      if (!this.#kicks) {
-        await this.#creditWaiter.promise;
-        continue;
-      }
-      // The acknowledgement may wait on our own unflushed tail (see module doc).
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#creditWaiter.promise,
-        new Promise<void>((resolve) => timer = setTimeout(resolve, 250)),
-      ]);
-      clearTimeout(timer);
-      if (!this.#ended && this.#creditWaiter) this.#kick();
+      await this.#creditWaiter.promise;
     }
     try {
+      // A client socket's send resolves once written; a server's returns nothing.
       if (message.length <= WS_PIECE_BYTES) {
         await this.#drain();
-        this.#ws.send(message);
+        await this.#ws.send(message);
       } else {
         await this.#drain();
-        this.#ws.send(`m ${message.length}`);
+        await this.#ws.send(`m ${message.length}`);
         for (let at = 0; at < message.length; at += WS_PIECE_BYTES) {
           await this.#drain();
-          this.#ws.send(message.subarray(at, at + WS_PIECE_BYTES));
+          await this.#ws.send(message.subarray(at, at + WS_PIECE_BYTES));
         }
       }
-      this.#armKicks();
     } catch (error) {
       if (this.#ended) throw this.#sendError();
       throw transportError(`sending to ${this.remote} failed`, error);
     }
     this.#sentBytes += message.length;
-  }
-
-  /** (Re)starts the no-op messages that flush a stuck `wss:` tail. */
-  #armKicks(): void {
-    if (!this.#kicks) return;
-    clearTimeout(this.#kickTimer);
-    this.#kickStep = 0;
-    this.#kickTimer = setTimeout(this.#onKickTimer, KICK_DELAYS_MS[0]);
-  }
-
-  #onKickTimer = (): void => {
-    this.#kickTimer = undefined;
-    this.#kick();
-    if (++this.#kickStep < KICK_DELAYS_MS.length && !this.#ended) {
-      this.#kickTimer = setTimeout(
-        this.#onKickTimer,
-        KICK_DELAYS_MS[this.#kickStep],
-      );
-    }
-  };
-
-  #kick(): void {
-    if (this.#ended || this.#ws.readyState !== WebSocket.OPEN) return;
-    try {
-      this.#ws.send("k");
-    } catch {
-      // Closing: nothing left to flush.
-    }
   }
 
   /** Waits while the socket holds more than a window of unsent bytes. */
@@ -350,8 +297,6 @@ class WsConnection implements Connection {
     if (this.#ended) return;
     this.#ended = true;
     this.#endReason = reason;
-    clearTimeout(this.#kickTimer);
-    this.#kickTimer = undefined;
     this.#dataWaiter?.resolve();
     this.#dataWaiter = null;
     this.#creditWaiter?.resolve();
@@ -534,49 +479,17 @@ export const wsTransport: Transport = {
     });
     const target = new URL(url.href);
     target.pathname = wsPath(url);
-    const ms = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const caCerts = options.tls?.caCerts;
-    const client = url.protocol === "wss:" && caCerts?.length
-      ? Deno.createHttpClient({ caCerts })
-      : undefined;
-    const ws = new WebSocket(target, client ? { client } : undefined);
-    const connection = new WsConnection(
+    const ws = await connectWebSocket(target, {
+      caCerts: options.tls?.caCerts,
+      timeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+    });
+    // Once closed (or given up on), make sure the socket is released.
+    return new WsConnection(
       ws,
       target.host,
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-      () => {
-        client?.close();
-        return Promise.resolve();
-      },
-      url.protocol === "wss:",
+      () => ws.terminate(),
     );
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let closedEarly = false;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        ws.addEventListener("open", () => resolve());
-        ws.addEventListener("close", () => {
-          closedEarly = true;
-          reject(new Error("the connection closed during the handshake"));
-        });
-        timer = setTimeout(
-          () =>
-            reject(new Error(`no answer within ${ms} ms (connectTimeoutMs)`)),
-          ms,
-        );
-      });
-    } catch (error) {
-      let detail = error instanceof Error ? error.message : String(error);
-      // The error event's text (e.g. "tcp connect error") says more.
-      if (closedEarly && connection.lastError) detail = connection.lastError;
-      await connection.close();
-      throw new TransportError(`cannot connect to ${url.href}: ${detail}`, {
-        cause: error,
-      });
-    } finally {
-      clearTimeout(timer);
-    }
-    return connection;
   },
 
   listen(url: URL, options: TransportOptions = {}): Promise<Listener> {
