@@ -200,6 +200,8 @@ export class PeerLink {
     }));
     const state = await this.#receiveState(conn);
     this.lastError = null;
+    // What the peer holds now is all its acks mean (it may have restarted empty).
+    this.acks.reset(0);
 
     // Acks arrive independently of sending.
     let closedBy: Error | null = null;
