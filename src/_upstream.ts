@@ -98,6 +98,18 @@ export class UpstreamServer {
     this.#run ??= this.#accept();
   }
 
+  /** The upstream link's figures for /status. */
+  status(): Record<string, unknown> {
+    return {
+      remote: this.remote,
+      connected: this.connected,
+      connects: this.connects,
+      bytesReceived: this.bytesReceived,
+      durable: this.durable,
+      lastError: this.lastError,
+    };
+  }
+
   /** True while an upstream is connected. */
   get connected(): boolean {
     return this.#conn !== null;

@@ -214,14 +214,7 @@ export class Backup implements ReplicaHooks {
       epoch: this.epoch,
       committedEpoch: this.epoch,
       images: this.decoder ? digestsOf(this.decoder) : [],
-      upstream: {
-        remote: this.upstream.remote,
-        connected: this.upstream.connected,
-        connects: this.upstream.connects,
-        bytesReceived: this.upstream.bytesReceived,
-        durable: this.upstream.durable,
-        lastError: this.upstream.lastError,
-      },
+      upstream: this.upstream.status(),
       appliedEpochs: this.appliedEpochs,
     };
   }

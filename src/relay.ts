@@ -218,13 +218,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
       epoch: this.epoch,
       committedEpoch: this.ackedUp[this.policy.level],
       images: this.decoder ? digestsOf(this.decoder) : [],
-      upstream: {
-        remote: this.upstream.remote,
-        connected: this.upstream.connected,
-        connects: this.upstream.connects,
-        bytesReceived: this.upstream.bytesReceived,
-        lastError: this.upstream.lastError,
-      },
+      upstream: this.upstream.status(),
       ackedUpstream: {
         received: this.ackedUp[0],
         applied: this.ackedUp[1],
