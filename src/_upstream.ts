@@ -9,7 +9,7 @@
 import type { Connection, Listener } from "./transport.ts";
 import { type AppliedEpoch, DecodeError, EpochDecoder } from "./decoder.ts";
 import {
-  type AckLevel,
+  AckLevel,
   type Base,
   decodeControl,
   encodeControl,
@@ -49,6 +49,8 @@ export interface ReplicaHooks {
     frames: Uint8Array[],
     images: ImageDigestInfo[],
   ): void;
+  /** Ack `received` as soon as an epoch's COMMIT frame arrives, before decoding it (a backup; a relay acks per its policy). */
+  readonly receivedAck?: boolean;
   /** Optional: an epoch was rejected; the replica stays at `epoch`. */
   rejected?(epoch: number): void;
   /** The STATE answer went out: the upstream is connected (acks restart from what the replica holds). */
@@ -201,22 +203,28 @@ export class UpstreamServer {
         this.bytesReceived += bytes.length;
         if (isFrame(bytes)) {
           frames.push(bytes);
-          if (this.hooks.forward && isCommitFrame(bytes)) {
+          if (isCommitFrame(bytes)) {
             const commit = decodeFrame(bytes);
             if (commit.type === FrameType.COMMIT) {
-              this.hooks.forward(
-                commit.epoch,
-                frames,
-                commit.body.images.map((i) => ({
-                  id: i.id,
-                  size: i.size,
-                  digestLo: i.digestLo,
-                  digestHi: i.digestHi,
-                })),
-              );
-              // Let the links hand the frames to their sockets before the
-              // decode below holds the thread.
-              await new Promise((r) => setTimeout(r, 0));
+              if (this.hooks.receivedAck) {
+                // Protocol A: every frame of the epoch is here (not yet verified).
+                await this.ack(commit.epoch, AckLevel.received);
+              }
+              if (this.hooks.forward) {
+                this.hooks.forward(
+                  commit.epoch,
+                  frames,
+                  commit.body.images.map((i) => ({
+                    id: i.id,
+                    size: i.size,
+                    digestLo: i.digestLo,
+                    digestHi: i.digestHi,
+                  })),
+                );
+                // Let the links hand the frames to their sockets before the
+                // decode below holds the thread.
+                await new Promise((r) => setTimeout(r, 0));
+              }
             }
           }
           let applied;

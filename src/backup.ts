@@ -46,6 +46,7 @@ export type PromoteOptions = Omit<PrimaryOptions, "seed">;
  */
 export class Backup implements ReplicaHooks {
   readonly role = "backup";
+  readonly receivedAck = true;
   readonly token: string;
   decoder: EpochDecoder | null = null;
   upstream: UpstreamServer;

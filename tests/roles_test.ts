@@ -475,3 +475,38 @@ Deno.test("a synthetic source's dirty log names every page it wrote: the hinted 
   encoder.close();
   decoder.close();
 });
+
+Deno.test("ack-level received commits once an epoch's frames arrive, before the backup verifies and applies it", async () => {
+  const dir = await Deno.makeTempDir();
+  const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
+  const p = await primaryTo([b.url], {
+    ack: policy({ kind: "all" }, AckLevel.received),
+  });
+  try {
+    await p.checkpoint();
+    await until(() => b.epoch === 1, "epoch 1 applied");
+    // The backup's disk fails once: it cannot apply epoch 2 …
+    const store = b.store;
+    const commitEpoch = store.commitEpoch.bind(store);
+    let fail = true;
+    store.commitEpoch = (...args) => {
+      if (fail) {
+        fail = false;
+        throw new Error("disk full (test)");
+      }
+      return commitEpoch(...args);
+    };
+    // … but it had received every frame: under protocol A the epoch commits.
+    const r = await p.checkpoint();
+    assertEquals(r.epoch, 2);
+    await until(() => b.upstream.lastError !== null, "the failed apply");
+    assert(b.upstream.lastError!.includes("disk full"), b.upstream.lastError!);
+    // The link reconnects and resends epoch 2 from the log; now it applies.
+    await until(() => b.epoch === 2, "epoch 2 applied after the resend");
+    await assertStoreEquals(b, p, 2);
+  } finally {
+    await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
