@@ -54,12 +54,17 @@ export class Backup implements ReplicaHooks {
   promoted: Primary | null = null;
   #note: (line: string) => void;
 
+  #store: BackupStore;
+  /** Set when a store write failed and the store was reopened (recovered). */
+  #storeReopened = false;
+
   private constructor(
-    readonly store: BackupStore,
+    store: BackupStore,
     readonly url: string,
     upstream: (b: Backup) => UpstreamServer,
     options: BackupOptions,
   ) {
+    this.#store = store;
     this.token = options.token ?? "";
     this.#note = options.note ?? ((l) => console.error(l));
     const state = store.state;
@@ -87,6 +92,11 @@ export class Backup implements ReplicaHooks {
     }
     backup.upstream.start();
     return backup;
+  }
+
+  /** The store: `DIR/ID.img` at the last committed epoch. */
+  get store(): BackupStore {
+    return this.#store;
   }
 
   /** The last committed epoch (0 for an empty store). */
@@ -135,20 +145,54 @@ export class Backup implements ReplicaHooks {
         digestLo: digests[s].lo,
         digestHi: digests[s].hi,
       }));
-      if (!this.#storeMatches(decoder)) {
-        // A fresh replica: the store first takes the all-zero epoch it starts from.
-        this.store.replaceAll(
-          { epoch: decoder.epoch, images: digestsOf(decoder) },
-          decoder.images.map((i) => i.committed.subarray(0, i.size)),
+      try {
+        if (!this.#storeMatches(decoder)) {
+          // A fresh replica: the store first takes the all-zero epoch it starts from.
+          this.store.replaceAll(
+            { epoch: decoder.epoch, images: digestsOf(decoder) },
+            decoder.images.map((i) => i.committed.subarray(0, i.size)),
+            this.upstream.durable,
+          );
+        }
+        this.store.commitEpoch(
+          { epoch, images },
+          ranges,
           this.upstream.durable,
         );
+      } catch (e) {
+        this.#reopenStore(e as Error);
+        throw e;
       }
-      this.store.commitEpoch(
-        { epoch, images },
-        ranges,
-        this.upstream.durable,
-      );
     };
+  }
+
+  /**
+   * A failed write leaves the store refusing writes until reopened; reopening
+   * recovers it to one committed epoch (the old one, or the new one if its
+   * journal was whole), and {@linkcode rejected} then reloads the replica
+   * from it, so the upstream resumes from what is really stored.
+   */
+  #reopenStore(cause: Error): void {
+    this.#note(
+      `store write failed (${cause.message}): reopening ${this.store.dir}`,
+    );
+    try {
+      this.#store.close();
+      this.#store = BackupStore.open(this.#store.dir);
+      this.#storeReopened = true;
+    } catch (e) {
+      this.#note(
+        `store ${this.#store.dir} cannot be reopened: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  rejected(_epoch: number): void {
+    if (!this.#storeReopened) return;
+    this.#storeReopened = false;
+    const state = this.store.state;
+    this.decoder = state ? this.#load(state) : null;
+    this.#note(`replica reloaded from the store at epoch ${this.epoch}`);
   }
 
   #storeMatches(decoder: EpochDecoder): boolean {

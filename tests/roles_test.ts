@@ -510,3 +510,33 @@ Deno.test("ack-level received commits once an epoch's frames arrive, before the 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a backup whose store write fails reopens the store, reloads its replica from it, and carries on", async () => {
+  const { _testing } = await import("../src/backup_store.ts");
+  const dir = await Deno.makeTempDir();
+  const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
+  const p = await primaryTo([b.url]);
+  try {
+    await p.checkpoint();
+    await p.checkpoint();
+    // Epoch 3's write stops right after its journal: the store refuses writes
+    // until reopened; reopening redoes the whole journal.
+    _testing.crashAfter = "journal";
+    const r = await p.checkpoint();
+    _testing.crashAfter = null;
+    assertEquals(r.epoch, 3);
+    assert(
+      /could not be stored/.test(b.upstream.lastError ?? ""),
+      `the failed write rejected the epoch: ${b.upstream.lastError}`,
+    );
+    assertEquals(b.store.recovery.journal, "redone");
+    await assertStoreEquals(b, p, 3);
+    const next = await p.checkpoint();
+    await assertStoreEquals(b, p, next.epoch);
+  } finally {
+    _testing.crashAfter = null;
+    await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
