@@ -53,8 +53,12 @@ export interface ReplicaHooks {
   readonly receivedAck?: boolean;
   /** Optional: an epoch was rejected; the replica stays at `epoch`. */
   rejected?(epoch: number): void;
-  /** The STATE answer went out: the upstream is connected (acks restart from what the replica holds). */
-  connected(epoch: number): void;
+  /**
+   * A new upstream is about to be told the replica's state: returns how far
+   * the replica holds its epoch (a backup asked for durable acks makes it
+   * durable first). Acks from earlier upstreams are forgotten.
+   */
+  connected(epoch: number): AckLevel;
   /** A base sync finished and verified; the role installs it; returns the level to ack now, or null. */
   based(
     epoch: number,
@@ -190,11 +194,11 @@ export class UpstreamServer {
         type: "state",
         epoch: decoder.epoch,
         images: digestsOf(decoder),
+        level: this.hooks.connected(decoder.epoch),
       }));
       this.hooks.note(
         `upstream ${conn.remote} connected at its epoch ${hello.epoch}; this replica is at epoch ${decoder.epoch}`,
       );
-      this.hooks.connected(decoder.epoch);
       const base = new BaseReceiver(hello.images, decoder.hasher, decoder.zstd);
       let frames: Uint8Array[] = [];
       for (;;) {

@@ -9,6 +9,7 @@
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import { EpochDecoder } from "./decoder.ts";
+import { PAGE_SIZE } from "./image_state.ts";
 import { BackupStore, type StoredState } from "./backup_store.ts";
 import { AckLevel, type Hello, type ImageDigestInfo } from "./protocol.ts";
 import {
@@ -30,8 +31,18 @@ export interface BackupOptions {
   /** Token the upstream must present. Default "". */
   token?: string;
   transport?: TransportOptions;
+  /**
+   * Unless the upstream asks for durable acks, epochs applied in memory reach
+   * the store in batches: at most this many ms later (default 100), or
+   * every 16 epochs. The store always holds one committed checkpoint; after
+   * a crash the backup resumes from it and catches up from the upstream.
+   */
+  flushMs?: number;
   note?: (line: string) => void;
 }
+
+/** Epochs applied in memory before the store is written, at most. */
+const MAX_PENDING_EPOCHS = 16;
 
 /** What promotion needs: the primary's options (its source is the store's images). */
 export type PromoteOptions = Omit<PrimaryOptions, "seed">;
@@ -57,6 +68,11 @@ export class Backup implements ReplicaHooks {
   #store: BackupStore;
   /** Set when a store write failed and the store was reopened (recovered). */
   #storeReopened = false;
+  /** Per image, the pages applied in memory and not yet in the store. */
+  #pending: Uint32Array[] | null = null;
+  #pendingEpochs = 0;
+  #flushTimer: ReturnType<typeof setTimeout> | null = null;
+  readonly #flushMs: number;
 
   private constructor(
     store: BackupStore,
@@ -65,6 +81,7 @@ export class Backup implements ReplicaHooks {
     options: BackupOptions,
   ) {
     this.#store = store;
+    this.#flushMs = options.flushMs ?? 100;
     this.token = options.token ?? "";
     this.#note = options.note ?? ((l) => console.error(l));
     const state = store.state;
@@ -146,24 +163,102 @@ export class Backup implements ReplicaHooks {
         digestHi: digests[s].hi,
       }));
       try {
-        if (!this.#storeMatches(decoder)) {
-          // A fresh replica: the store first takes the all-zero epoch it starts from.
+        if (!this.#storeHolds(decoder)) {
+          // A new replica: the store first takes the epoch it starts from.
           this.store.replaceAll(
             { epoch: decoder.epoch, images: digestsOf(decoder) },
             decoder.images.map((i) => i.committed.subarray(0, i.size)),
             this.upstream.durable,
           );
+          this.#pending = null;
+          this.#pendingEpochs = 0;
         }
-        this.store.commitEpoch(
-          { epoch, images },
-          ranges,
-          this.upstream.durable,
-        );
+        if (this.upstream.durable) {
+          // Protocol C: this epoch is on disk before it is acked.
+          this.#flush(decoder);
+          this.store.commitEpoch({ epoch, images }, ranges, true);
+        } else {
+          this.#markPending(decoder, ranges);
+        }
       } catch (e) {
         this.#reopenStore(e as Error);
         throw e;
       }
     };
+  }
+
+  #markPending(
+    decoder: EpochDecoder,
+    ranges: { slot: number; offset: number; bytes: Uint8Array }[],
+  ): void {
+    this.#pending ??= decoder.images.map((i) =>
+      new Uint32Array(Math.ceil(i.pages / 32))
+    );
+    for (const r of ranges) {
+      const bits = this.#pending[r.slot];
+      const last = Math.floor((r.offset + r.bytes.length - 1) / PAGE_SIZE);
+      for (let p = Math.floor(r.offset / PAGE_SIZE); p <= last; p++) {
+        bits[p >>> 5] |= 1 << (p & 31);
+      }
+    }
+    this.#pendingEpochs++;
+  }
+
+  /** Writes the pages applied in memory since the last write to the store, as the replica's current epoch. */
+  #flush(decoder: EpochDecoder | null = this.decoder): void {
+    if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    const pending = this.#pending;
+    this.#pending = null;
+    this.#pendingEpochs = 0;
+    if (!pending || !decoder) return;
+    const stored = this.store.state?.epoch ?? -1;
+    if (decoder.epoch <= stored) return;
+    const ranges: { slot: number; offset: number; bytes: Uint8Array }[] = [];
+    pending.forEach((bits, slot) => {
+      const image = decoder.images[slot];
+      let p = 0;
+      while (p < image.pages) {
+        if (((bits[p >>> 5] >>> (p & 31)) & 1) === 0) {
+          p = bits[p >>> 5] === 0 ? (p | 31) + 1 : p + 1;
+          continue;
+        }
+        let end = p + 1;
+        while (end < image.pages && ((bits[end >>> 5] >>> (end & 31)) & 1)) {
+          end++;
+        }
+        const offset = p * PAGE_SIZE;
+        ranges.push({
+          slot,
+          offset,
+          bytes: image.committed.subarray(
+            offset,
+            Math.min(end * PAGE_SIZE, image.size),
+          ),
+        });
+        p = end;
+      }
+    });
+    this.store.commitEpoch(
+      { epoch: decoder.epoch, images: digestsOf(decoder) },
+      ranges,
+      false,
+    );
+  }
+
+  /** Flushes now, or soon: in batches of up to 16 epochs or `flushMs`. */
+  #scheduleFlush(): void {
+    const run = () => {
+      try {
+        this.#flush();
+      } catch (e) {
+        this.#reopenStore(e as Error);
+      }
+    };
+    if (this.#pendingEpochs >= MAX_PENDING_EPOCHS) run();
+    else if (this.#pending && this.#flushTimer === null) {
+      this.#flushTimer = setTimeout(run, this.#flushMs);
+    }
   }
 
   /**
@@ -190,14 +285,19 @@ export class Backup implements ReplicaHooks {
   rejected(_epoch: number): void {
     if (!this.#storeReopened) return;
     this.#storeReopened = false;
+    this.#pending = null;
+    this.#pendingEpochs = 0;
     const state = this.store.state;
     this.decoder = state ? this.#load(state) : null;
     this.#note(`replica reloaded from the store at epoch ${this.epoch}`);
   }
 
-  #storeMatches(decoder: EpochDecoder): boolean {
+  /** The store holds this replica's images, at its epoch or (pages pending) an earlier one. */
+  #storeHolds(decoder: EpochDecoder): boolean {
     const st = this.store.state;
-    return !!st && st.epoch === decoder.epoch &&
+    return !!st &&
+      (st.epoch === decoder.epoch ||
+        (this.#pending !== null && st.epoch < decoder.epoch)) &&
       st.images.length === decoder.images.length &&
       st.images.every((i, s) =>
         i.id === decoder.images[s].id && i.size === decoder.images[s].size
@@ -222,18 +322,20 @@ export class Backup implements ReplicaHooks {
     return fresh;
   }
 
-  connected(epoch: number): void {
-    if (epoch === 0 || !this.#storeMatches(this.decoder!)) return;
-    // The upstream may continue from here: ack what is held, durably if asked.
-    if (this.upstream.durable) this.store.sync();
-    this.upstream.ack(
-      epoch,
-      this.upstream.durable ? AckLevel.durable : AckLevel.applied,
-    );
+  connected(epoch: number): AckLevel {
+    if (epoch === 0 || !this.#storeHolds(this.decoder!)) {
+      return AckLevel.applied;
+    }
+    // The upstream may continue from here: make it durable if asked.
+    if (!this.upstream.durable) return AckLevel.applied;
+    this.#flush();
+    this.store.sync();
+    return AckLevel.durable;
   }
 
   applied(): AckLevel {
     this.appliedEpochs++;
+    if (!this.upstream.durable) this.#scheduleFlush();
     return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
   }
 
@@ -243,6 +345,8 @@ export class Backup implements ReplicaHooks {
     images: ImageDigestInfo[],
   ): AckLevel {
     this.store.replaceAll({ epoch, images }, contents, this.upstream.durable);
+    this.#pending = null;
+    this.#pendingEpochs = 0;
     this.decoder!.load(epoch, contents);
     return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
   }
@@ -258,6 +362,7 @@ export class Backup implements ReplicaHooks {
       store: this.store.dir,
       epoch: this.epoch,
       committedEpoch: this.epoch,
+      storedEpoch: this.store.state?.epoch ?? 0,
       images: this.decoder ? digestsOf(this.decoder) : [],
       upstream: this.upstream.status(),
       appliedEpochs: this.appliedEpochs,
@@ -277,6 +382,8 @@ export class Backup implements ReplicaHooks {
       throw new Error("cannot promote: this backup has no replica yet");
     }
     await this.upstream.close();
+    this.#flush(decoder);
+    this.store.sync();
     const sources = decoder.images.map((i) =>
       new FileSource(`${this.store.dir}/${i.id}.img`, i.size, i.id)
     );
@@ -300,10 +407,19 @@ export class Backup implements ReplicaHooks {
     return primary;
   }
 
-  /** Stops (the store stays as it is: at its last committed epoch). */
+  /** Writes every epoch applied in memory to the store now. */
+  flush(): void {
+    this.#flush();
+  }
+
+  /** Stops; the store is left at the last applied epoch. */
   async close(): Promise<void> {
     await this.promoted?.stop();
     if (!this.promoted) await this.upstream.close();
-    this.store.close();
+    try {
+      this.#flush();
+    } finally {
+      this.store.close();
+    }
   }
 }

@@ -296,7 +296,7 @@ export class PeerLink {
       digests.length !== images.length ||
       digests.some((d, i) => d.id !== images[i].id || d.size !== images[i].size)
     ) return -1;
-    this.acks.record(state.epoch, 1);
+    this.acks.record(state.epoch, state.level);
     this.sentEpoch = state.epoch;
     this.owner.onAck(this);
     return state.epoch + 1;

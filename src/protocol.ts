@@ -13,7 +13,7 @@
  * The conversation, upstream → downstream unless marked:
  *
  *     HELLO  {token, images, epoch, blockSize, durable}
- *     STATE  {epoch, images (with digests)}            downstream → upstream
+ *     STATE  {epoch, images (with digests), level}     downstream → upstream
  *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
  *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
  *             then frames from BASE_END.epoch + 1
@@ -69,6 +69,12 @@ export interface State {
   epoch: number;
   /** Empty for an empty store. */
   images: ImageDigestInfo[];
+  /**
+   * How far the downstream holds `epoch` (applied in memory, or durable):
+   * if the upstream continues from it, this is its ack. Acks proper only
+   * follow the handshake, so none can be taken for another lineage.
+   */
+  level: AckLevel;
 }
 
 /** One compressed range of one image of a base sync. */
@@ -237,7 +243,10 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
       checkImages(b.images, false, "hello");
       break;
     case "state":
-      need(isUint(b.epoch), "state needs an epoch");
+      need(
+        isUint(b.epoch) && (b.level === 0 || b.level === 1 || b.level === 2),
+        "state needs an epoch and level 0, 1 or 2",
+      );
       checkImages(b.images, true, "state");
       break;
     case "base":

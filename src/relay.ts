@@ -176,10 +176,10 @@ export class Relay implements LinkOwner, ReplicaHooks {
     return null;
   }
 
-  connected(_epoch: number): void {
-    // A new upstream knows nothing of earlier acks.
+  connected(_epoch: number): AckLevel {
+    // A new upstream knows nothing of earlier acks; they follow as peers ack.
     this.ackedUp.fill(0);
-    this.#ackUp();
+    return AckLevel.applied;
   }
 
   onAck(_link: PeerLink): void {

@@ -13,6 +13,12 @@ import { openSource } from "../src/source.ts";
 import { bytesEqual } from "../src/replay.ts";
 import type { TlsOptions } from "../src/transport.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
+import {
+  type CommitBody,
+  decodeFrame,
+  encodeFrame,
+  FrameType,
+} from "../src/frame.ts";
 
 const certs = await makeDevCerts();
 const tls: TlsOptions = {
@@ -56,7 +62,11 @@ async function assertStoreEquals(
   epoch = p.committed,
 ): Promise<void> {
   assertEquals(b.epoch, epoch, `backup ${b.url} epoch`);
-  assertEquals(b.store.state?.epoch, epoch, `backup ${b.url} stored epoch`);
+  // Without durable acks the store follows the replica in batches.
+  await until(
+    () => b.store.state?.epoch === epoch,
+    `backup ${b.url} to store epoch ${epoch}`,
+  );
   for (const image of p.encoder.images) {
     const stored = await Deno.readFile(`${b.store.dir}/${image.id}.img`);
     assert(
@@ -485,23 +495,38 @@ Deno.test("ack-level received commits once an epoch's frames arrive, before the 
   try {
     await p.checkpoint();
     await until(() => b.epoch === 1, "epoch 1 applied");
-    // The backup's disk fails once: it cannot apply epoch 2 …
-    const store = b.store;
-    const commitEpoch = store.commitEpoch.bind(store);
-    let fail = true;
-    store.commitEpoch = (...args) => {
-      if (fail) {
-        fail = false;
-        throw new Error("disk full (test)");
-      }
-      return commitEpoch(...args);
+    // Epoch 2 arrives whole and well-formed, but its COMMIT names a wrong
+    // digest: the backup will refuse to apply it …
+    const origAppend = p.retained.append.bind(p.retained);
+    let good: Uint8Array[] = [];
+    p.retained.append = (entry) => {
+      p.retained.append = origAppend;
+      good = entry.frames.slice();
+      const commit = decodeFrame(entry.frames[entry.frames.length - 1]);
+      const body = commit.body as CommitBody;
+      const wrong = encodeFrame(
+        FrameType.COMMIT,
+        commit.level,
+        commit.epoch,
+        "",
+        {
+          ...body,
+          images: body.images.map((i) => ({ ...i, digestLo: i.digestLo ^ 1 })),
+        },
+      );
+      origAppend({ ...entry, frames: [...entry.frames.slice(0, -1), wrong] });
     };
     // … but it had received every frame: under protocol A the epoch commits.
     const r = await p.checkpoint();
     assertEquals(r.epoch, 2);
-    await until(() => b.upstream.lastError !== null, "the failed apply");
-    assert(b.upstream.lastError!.includes("disk full"), b.upstream.lastError!);
+    await until(() => b.upstream.lastError !== null, "the refused apply");
+    assert(
+      /digest mismatch/.test(b.upstream.lastError!),
+      b.upstream.lastError!,
+    );
+    assertEquals(b.epoch, 1);
     // The link reconnects and resends epoch 2 from the log; now it applies.
+    p.retained.get(2)!.frames.splice(0, good.length, ...good);
     await until(() => b.epoch === 2, "epoch 2 applied after the resend");
     await assertStoreEquals(b, p, 2);
   } finally {
@@ -515,7 +540,10 @@ Deno.test("a backup whose store write fails reopens the store, reloads its repli
   const { _testing } = await import("../src/backup_store.ts");
   const dir = await Deno.makeTempDir();
   const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
-  const p = await primaryTo([b.url]);
+  // Durable acks: every epoch is written to the store before it is acked.
+  const p = await primaryTo([b.url], {
+    ack: policy({ kind: "all" }, AckLevel.durable),
+  });
   try {
     await p.checkpoint();
     await p.checkpoint();
@@ -536,6 +564,39 @@ Deno.test("a backup whose store write fails reopens the store, reloads its repli
   } finally {
     _testing.crashAfter = null;
     await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("without durable acks the store follows the replica in batches; with them, before each ack", async () => {
+  const dir = await Deno.makeTempDir();
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/b`,
+    flushMs: 60_000, // only the 16-epoch batch limit flushes
+    note: quiet,
+  });
+  const applied = await primaryTo([b.url]);
+  try {
+    for (let i = 0; i < 20; i++) await applied.checkpoint();
+    assertEquals(b.epoch, 20);
+    assertEquals(b.store.state?.epoch, 16, "one batch of 16 epochs written");
+    b.flush();
+    await assertStoreEquals(b, applied, 20);
+  } finally {
+    await applied.stop();
+  }
+  const durable = await primaryTo([b.url], {
+    ack: policy({ kind: "all" }, AckLevel.durable),
+  });
+  try {
+    for (let i = 0; i < 3; i++) {
+      const r = await durable.checkpoint();
+      assertEquals(b.store.state?.epoch, r.epoch, "stored before the ack");
+    }
+  } finally {
+    await durable.stop();
     await b.close();
     await Deno.remove(dir, { recursive: true });
   }
