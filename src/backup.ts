@@ -9,7 +9,6 @@
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import { EpochDecoder } from "./decoder.ts";
-import { PAGE_SIZE } from "./image_state.ts";
 import { BackupStore, type StoredState } from "./backup_store.ts";
 import { AckLevel, type Hello, type ImageDigestInfo } from "./protocol.ts";
 import {
@@ -191,20 +190,23 @@ export class Backup implements ReplicaHooks {
     decoder: EpochDecoder,
     ranges: { slot: number; offset: number; bytes: Uint8Array }[],
   ): void {
+    // Block granularity: a batch writes the union of the blocks its epochs
+    // changed (whole pages would write several times more).
+    const unit = decoder.hasher.blockSize;
     this.#pending ??= decoder.images.map((i) =>
-      new Uint32Array(Math.ceil(i.pages / 32))
+      new Uint32Array(Math.ceil(i.blocks / 32))
     );
     for (const r of ranges) {
       const bits = this.#pending[r.slot];
-      const last = Math.floor((r.offset + r.bytes.length - 1) / PAGE_SIZE);
-      for (let p = Math.floor(r.offset / PAGE_SIZE); p <= last; p++) {
-        bits[p >>> 5] |= 1 << (p & 31);
+      const last = Math.floor((r.offset + r.bytes.length - 1) / unit);
+      for (let b = Math.floor(r.offset / unit); b <= last; b++) {
+        bits[b >>> 5] |= 1 << (b & 31);
       }
     }
     this.#pendingEpochs++;
   }
 
-  /** Writes the pages applied in memory since the last write to the store, as the replica's current epoch. */
+  /** Writes the blocks applied in memory since the last write to the store, as the replica's current epoch. */
   #flush(decoder: EpochDecoder | null = this.decoder): void {
     if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
@@ -214,29 +216,30 @@ export class Backup implements ReplicaHooks {
     if (!pending || !decoder) return;
     const stored = this.store.state?.epoch ?? -1;
     if (decoder.epoch <= stored) return;
+    const unit = decoder.hasher.blockSize;
     const ranges: { slot: number; offset: number; bytes: Uint8Array }[] = [];
     pending.forEach((bits, slot) => {
       const image = decoder.images[slot];
-      let p = 0;
-      while (p < image.pages) {
-        if (((bits[p >>> 5] >>> (p & 31)) & 1) === 0) {
-          p = bits[p >>> 5] === 0 ? (p | 31) + 1 : p + 1;
+      let b = 0;
+      while (b < image.blocks) {
+        if (((bits[b >>> 5] >>> (b & 31)) & 1) === 0) {
+          b = bits[b >>> 5] === 0 ? (b | 31) + 1 : b + 1;
           continue;
         }
-        let end = p + 1;
-        while (end < image.pages && ((bits[end >>> 5] >>> (end & 31)) & 1)) {
+        let end = b + 1;
+        while (end < image.blocks && ((bits[end >>> 5] >>> (end & 31)) & 1)) {
           end++;
         }
-        const offset = p * PAGE_SIZE;
+        const offset = b * unit;
         ranges.push({
           slot,
           offset,
           bytes: image.committed.subarray(
             offset,
-            Math.min(end * PAGE_SIZE, image.size),
+            Math.min(end * unit, image.size),
           ),
         });
-        p = end;
+        b = end;
       }
     });
     this.store.commitEpoch(
