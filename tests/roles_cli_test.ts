@@ -337,3 +337,20 @@ Deno.test("CLI: backup --promote starts as a primary from its store's last commi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("CLI: the demo replicates through a relay to tcp, quic and ws backups and verifies them", async () => {
+  const run = await runTool("demo", PERMS, [
+    "--epochs",
+    "6",
+    "--synthetic",
+    "images=2,size=1M,seed=3,dirty=0.05",
+  ]);
+  assertEquals(run.code, 0, run.stderr + run.stdout);
+  assert(
+    run.stdout.includes(
+      "verification: all 3 backups' stored images equal the primary's committed epoch 6",
+    ),
+    run.stdout,
+  );
+  assertEquals(run.stdout.match(/^epoch +\d+ /gm)?.length, 6, run.stdout);
+});

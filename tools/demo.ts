@@ -130,8 +130,12 @@ await runMain(USAGE, async () => {
   let ok = true;
   for (const [bi, b] of backups.entries()) {
     const name = ["tcp", "quic", "ws"][bi];
-    if (b.epoch !== committed) {
-      console.log(`backup ${name}: at epoch ${b.epoch}, expected ${committed}`);
+    // Under applied acks a backup writes its store in batches: write the rest now.
+    b.flush();
+    if (b.epoch !== committed || b.store.state?.epoch !== committed) {
+      console.log(
+        `backup ${name}: at epoch ${b.epoch} (stored ${b.store.state?.epoch}), expected ${committed}`,
+      );
       ok = false;
       continue;
     }
