@@ -71,6 +71,7 @@ export class Backup implements ReplicaHooks {
   #pending: Uint32Array[] | null = null;
   #pendingEpochs = 0;
   #flushTimer: ReturnType<typeof setTimeout> | null = null;
+  #flushSoon = false;
   readonly #flushMs: number;
 
   private constructor(
@@ -210,6 +211,7 @@ export class Backup implements ReplicaHooks {
   #flush(decoder: EpochDecoder | null = this.decoder): void {
     if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
+    this.#flushSoon = false;
     const pending = this.#pending;
     this.#pending = null;
     this.#pendingEpochs = 0;
@@ -258,8 +260,14 @@ export class Backup implements ReplicaHooks {
         this.#reopenStore(e as Error);
       }
     };
-    if (this.#pendingEpochs >= MAX_PENDING_EPOCHS) run();
-    else if (this.#pending && this.#flushTimer === null) {
+    if (this.#pendingEpochs >= MAX_PENDING_EPOCHS) {
+      // Soon, not now: the epoch's ack goes out first. Armed once, so epochs
+      // arriving back to back cannot keep pushing it away.
+      if (this.#flushSoon) return;
+      if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+      this.#flushSoon = true;
+      this.#flushTimer = setTimeout(run, 0);
+    } else if (this.#pending && this.#flushTimer === null) {
       this.#flushTimer = setTimeout(run, this.#flushMs);
     }
   }
