@@ -7,7 +7,11 @@
  */
 
 import type { Connection, Listener } from "./transport.ts";
-import { type AppliedEpoch, DecodeError, EpochDecoder } from "./decoder.ts";
+import {
+  type AppliedEpoch,
+  DecodeError,
+  type EpochDecoder,
+} from "./decoder.ts";
 import {
   AckLevel,
   type Base,
@@ -282,5 +286,3 @@ export class UpstreamServer {
     }
   }
 }
-
-export { EpochDecoder };

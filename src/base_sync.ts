@@ -110,11 +110,6 @@ export class BaseReceiver {
     readonly zstd: Zstd,
   ) {}
 
-  /** Bytes received so far in the current base sync. */
-  get receivedBytes(): number {
-    return this.#received.reduce((a, b) => a + b, 0);
-  }
-
   /** Takes one BASE message. */
   add(m: Base): void {
     if (m.epoch !== this.#epoch) {

@@ -114,11 +114,6 @@ export class PeerLink {
     await this.#run;
   }
 
-  /** Drops the current connection (it reconnects): for a peer that must resync. */
-  async reconnect(): Promise<void> {
-    await this.#conn?.close();
-  }
-
   status(): LinkStatus {
     const last = this.owner.retained.last;
     const lvl = this.acks.levelOf(this.sentEpoch);

@@ -148,11 +148,6 @@ export class SeriesSource implements Source {
     }];
   }
 
-  /** Images still to come (0 once the series is exhausted). */
-  get remaining(): number {
-    return Math.max(0, this.series.meta.epochs - this.#next);
-  }
-
   async capture(into: Uint8Array[]): Promise<CaptureResult> {
     checkInto(this.images, into);
     const t0 = performance.now();
