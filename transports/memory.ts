@@ -8,6 +8,7 @@
  * @module
  */
 
+import { MessageQueue } from "./_message_queue.ts";
 import {
   type Connection,
   DEFAULT_MAX_MESSAGE_BYTES,
@@ -42,8 +43,7 @@ export class MemoryConnection implements Connection {
   readonly #resolveClosed: () => void;
   #peer!: MemoryConnection;
 
-  #inbox: Uint8Array[] = [];
-  #inboxHead = 0;
+  #inbox = new MessageQueue();
   #inboxBytes = 0;
   #dataWaiter: PromiseWithResolvers<void> | null = null;
   #spaceWaiter: PromiseWithResolvers<void> | null = null;
@@ -107,15 +107,8 @@ export class MemoryConnection implements Connection {
   async receive(): Promise<Uint8Array | null> {
     while (true) {
       if (this.#localClosed) return null;
-      if (this.#inboxHead < this.#inbox.length) {
-        const message = this.#inbox[this.#inboxHead];
-        this.#inbox[this.#inboxHead++] = EMPTY;
-        if (
-          this.#inboxHead >= 64 && this.#inboxHead * 2 >= this.#inbox.length
-        ) {
-          this.#inbox = this.#inbox.slice(this.#inboxHead);
-          this.#inboxHead = 0;
-        }
+      const message = this.#inbox.take();
+      if (message) {
         this.#inboxBytes -= message.length;
         this.#spaceWaiter?.resolve();
         this.#spaceWaiter = null;
@@ -175,8 +168,6 @@ export class MemoryConnection implements Connection {
     );
   }
 }
-
-const EMPTY = new Uint8Array(0);
 
 /** Two linked ends, `[a, b]`: what `a` sends, `b` receives, and back. */
 export function memoryPair(

@@ -33,6 +33,7 @@
  * @module
  */
 
+import { MessageQueue } from "./_message_queue.ts";
 import { Hono } from "hono";
 import { getConnInfo, upgradeWebSocket } from "hono/deno";
 import {
@@ -70,8 +71,6 @@ const CLOSE_NORMAL = 1000;
 const CLOSE_PROTOCOL_ERROR = 1002;
 const CLOSE_TOO_BIG = 1009;
 
-const EMPTY = new Uint8Array(0);
-
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -86,8 +85,7 @@ class WsConnection implements Connection {
   readonly #onGone: () => Promise<void>;
   readonly #closeEvent = Promise.withResolvers<void>();
 
-  #queue: Uint8Array[] = [];
-  #queueHead = 0;
+  #queue = new MessageQueue();
   #assembling: { buffer: Uint8Array; filled: number } | null = null;
   #dataWaiter: PromiseWithResolvers<void> | null = null;
 
@@ -188,15 +186,8 @@ class WsConnection implements Connection {
   async receive(): Promise<Uint8Array | null> {
     while (true) {
       if (this.#localClosed) return null;
-      if (this.#queueHead < this.#queue.length) {
-        const message = this.#queue[this.#queueHead];
-        this.#queue[this.#queueHead++] = EMPTY;
-        if (
-          this.#queueHead >= 64 && this.#queueHead * 2 >= this.#queue.length
-        ) {
-          this.#queue = this.#queue.slice(this.#queueHead);
-          this.#queueHead = 0;
-        }
+      const message = this.#queue.take();
+      if (message) {
         this.#takenBytes += message.length;
         this.#maybeAck();
         return message;
