@@ -10,6 +10,8 @@
 const O_RDWR = 2;
 const PROT_READ = 1, PROT_WRITE = 2;
 const MAP_SHARED = 1;
+/** Linux: fill the page tables at map time, not one fault per first touch. */
+const MAP_POPULATE = Deno.build.os === "linux" ? 0x8000 : 0;
 const MS_SYNC = Deno.build.os === "darwin" ? 0x10 : 4;
 
 const SYMBOLS = {
@@ -90,7 +92,7 @@ export function mapFile(path: string, size: number): MappedFile | null {
       null,
       BigInt(size),
       PROT_READ | PROT_WRITE,
-      MAP_SHARED,
+      MAP_SHARED | MAP_POPULATE,
       fd,
       0n,
     );
