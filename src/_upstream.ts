@@ -53,6 +53,14 @@ export interface ReplicaHooks {
     frames: Uint8Array[],
     images: ImageDigestInfo[],
   ): void;
+  /**
+   * Optional, with `forward`: called as an epoch is forwarded; the role's own
+   * decode of it waits for the returned promise. A relay resolves it once
+   * its peers acked the epoch (or a short while passed), so its decode,
+   * which only keeps its replica for base syncs, does not compete for the
+   * CPU with theirs on the way to the commit. Epochs still decode in order.
+   */
+  decodeDue?(epoch: number): Promise<void>;
   /** Ack `received` as soon as an epoch's COMMIT frame arrives, before decoding it (a backup; a relay acks per its policy). */
   readonly receivedAck?: boolean;
   /** Optional: an epoch was rejected; the replica stays at `epoch`. */
@@ -173,6 +181,7 @@ export class UpstreamServer {
   }
 
   async #serve(conn: Connection): Promise<void> {
+    let decodes = Promise.resolve();
     try {
       const first = await conn.receive();
       if (first === null) return;
@@ -205,9 +214,39 @@ export class UpstreamServer {
       );
       const base = new BaseReceiver(hello.images, decoder.hasher, decoder.zstd);
       let frames: Uint8Array[] = [];
+      // Decodes epoch by epoch, each once `due`; the first failure ends the session.
+      const decodeLater = async (
+        epochFrames: Uint8Array[],
+        due: Promise<void>,
+      ): Promise<void> => {
+        await due;
+        if (deferredError) return;
+        try {
+          let applied = null;
+          for (const f of epochFrames) applied = decoder.receive(f);
+          if (applied) {
+            const level = this.hooks.applied(
+              applied.epoch,
+              epochFrames,
+              applied,
+            );
+            if (level !== null) await this.ack(applied.epoch, level);
+          }
+        } catch (e) {
+          deferredError = e as Error;
+          this.hooks.rejected?.(decoder.epoch);
+          await this.#abort(conn, deferredError.message); // ends the loop below
+        }
+      };
+      let deferredError: Error | null = null;
+      /** Waits for the deferred decodes; false if one failed (the session is over). */
+      const settle = async () => {
+        await decodes;
+        return deferredError === null;
+      };
       for (;;) {
         const bytes = await conn.receive();
-        if (bytes === null) break;
+        if (bytes === null || deferredError) break;
         this.bytesReceived += bytes.length;
         if (isFrame(bytes)) {
           frames.push(bytes);
@@ -229,12 +268,20 @@ export class UpstreamServer {
                     digestHi: i.digestHi,
                   })),
                 );
+                if (this.hooks.decodeDue) {
+                  const epochFrames = frames;
+                  const due = this.hooks.decodeDue(commit.epoch);
+                  decodes = decodes.then(() => decodeLater(epochFrames, due));
+                  frames = [];
+                  continue;
+                }
                 // Let the links hand the frames to their sockets before the
                 // decode below holds the thread.
                 await new Promise((r) => setTimeout(r, 0));
               }
             }
           }
+          if (this.hooks.decodeDue) continue; // held in `frames` until the COMMIT
           let applied;
           try {
             applied = decoder.receive(bytes);
@@ -254,6 +301,8 @@ export class UpstreamServer {
           }
           continue;
         }
+        // Control messages act on the replica as decoded so far.
+        if (!await settle()) break;
         const m = decodeControl(bytes);
         if (m.type === "base") {
           base.add(m as Base);
@@ -271,18 +320,26 @@ export class UpstreamServer {
         }
       }
     } catch (e) {
-      const msg = (e as Error).message;
-      this.lastError = msg;
-      if (!this.#closed) {
-        this.hooks.note(`upstream ${conn.remote}: ${msg}`);
-        try {
-          await conn.send(encodeControl({ type: "error", message: msg }));
-        } catch {
-          // already broken
-        }
-      }
+      await this.#abort(conn, (e as Error).message);
     } finally {
+      // Whole epochs already forwarded still become the replica, before a
+      // next session reads its epoch.
+      await decodes;
       await conn.close();
     }
+  }
+
+  /** Reports why the session ends, here and to the upstream, and closes it. */
+  async #abort(conn: Connection, msg: string): Promise<void> {
+    this.lastError = msg;
+    if (!this.#closed) {
+      this.hooks.note(`upstream ${conn.remote}: ${msg}`);
+      try {
+        await conn.send(encodeControl({ type: "error", message: msg }));
+      } catch {
+        // already broken
+      }
+    }
+    await conn.close();
   }
 }

@@ -33,6 +33,14 @@ import {
   UpstreamServer,
 } from "./_upstream.ts";
 
+/**
+ * How long the relay's own decode of an epoch waits for its peers to ack it
+ * (see {@linkcode Relay.decodeDue}); after that it runs anyway.
+ */
+const DECODE_DEFER_MS = 50;
+/** More epochs than this waiting to be decoded: the oldest runs at once. */
+const MAX_DEFERRED_EPOCHS = 8;
+
 /** Options of {@linkcode Relay.open}. */
 export interface RelayOptions {
   listen: string;
@@ -71,6 +79,12 @@ export class Relay implements LinkOwner, ReplicaHooks {
   /** Highest epoch acked upstream per level. */
   readonly ackedUp = [0, 0, 0];
   #images: ImageInfo[] | null = null;
+  /** Own decodes waiting for the peers (see decodeDue), oldest first. */
+  #decodeWaiters: {
+    epoch: number;
+    resolve: () => void;
+    timer: ReturnType<typeof setTimeout>;
+  }[] = [];
   #note: (line: string) => void;
 
   private constructor(readonly url: string, readonly options: RelayOptions) {
@@ -182,8 +196,46 @@ export class Relay implements LinkOwner, ReplicaHooks {
     return AckLevel.applied;
   }
 
+  decodeDue(epoch: number): Promise<void> {
+    // With `none` the relay's own replica is what it acks: decode now.
+    if (this.policy.who.kind === "none" || this.#peersHold(epoch)) {
+      return Promise.resolve();
+    }
+    const { promise, resolve } = Promise.withResolvers<void>();
+    const timer = setTimeout(() => this.#wakeDecodes(epoch), DECODE_DEFER_MS);
+    this.#decodeWaiters.push({ epoch, resolve, timer });
+    // A backlog means decodes are falling behind the stream: stop deferring.
+    if (this.#decodeWaiters.length > MAX_DEFERRED_EPOCHS) {
+      this.#wakeDecodes(this.#decodeWaiters[0].epoch);
+    }
+    return promise;
+  }
+
+  /** True once every live peer acked `epoch` at the policy's level. */
+  #peersHold(epoch: number): boolean {
+    return this.links.every((l) =>
+      l.state !== "live" || l.acks.epochs[this.policy.level] >= epoch
+    );
+  }
+
+  /** Releases, in order, the deferred decodes up to epoch `upTo` and those the peers hold. */
+  #wakeDecodes(upTo = 0): void {
+    const waiters = this.#decodeWaiters;
+    let n = 0;
+    while (
+      n < waiters.length &&
+      (waiters[n].epoch <= upTo || this.#peersHold(waiters[n].epoch))
+    ) {
+      clearTimeout(waiters[n].timer);
+      waiters[n].resolve();
+      n++;
+    }
+    if (n > 0) waiters.splice(0, n);
+  }
+
   onAck(_link: PeerLink): void {
     this.#ackUp();
+    this.#wakeDecodes();
   }
 
   /** Acks upstream whatever the policy over the peers now allows, per level. */
@@ -234,6 +286,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
   }
 
   async close(): Promise<void> {
+    this.#wakeDecodes(Infinity);
     await this.upstream.close();
     await Promise.all(this.links.map((l) => l.stop()));
     this.zstd.close();

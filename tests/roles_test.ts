@@ -414,6 +414,52 @@ Deno.test("a frame corrupted in transit is rejected: the store stays at the last
   }
 });
 
+Deno.test("a relay forwards a corrupted epoch before verifying it, then rejects it like its backup, and the resend commits", async () => {
+  const dir = await Deno.makeTempDir();
+  const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
+  const r = await Relay.open({
+    listen: "tcp://127.0.0.1:0",
+    to: [b.url],
+    link: { backoffMs: 20 },
+    note: quiet,
+  });
+  const p = await primaryTo([r.url]);
+  try {
+    await p.checkpoint();
+    await assertStoreEquals(b, p, 1);
+    // The relay's own decode runs after its peers acked: it follows.
+    await until(() => r.epoch === 1, "the relay's replica to reach epoch 1");
+    const origAppend = p.retained.append.bind(p.retained);
+    let good: Uint8Array[] = [];
+    p.retained.append = (entry) => {
+      p.retained.append = origAppend; // once
+      good = entry.frames.slice();
+      const bad = entry.frames[0].slice();
+      bad[bad.length - 20] ^= 0xff;
+      origAppend({ ...entry, frames: [bad, ...entry.frames.slice(1)] });
+    };
+    const pending = p.checkpoint();
+    await until(
+      () => r.upstream.lastError !== null && b.upstream.lastError !== null,
+      "the relay and the backup to reject epoch 2",
+    );
+    for (const e of [r.upstream.lastError!, b.upstream.lastError!]) {
+      assert(/epoch 2 rejected: frame checksum mismatch/.test(e), e);
+    }
+    assertEquals(r.epoch, 1);
+    assertEquals(b.epoch, 1);
+    p.retained.get(2)!.frames.splice(0, good.length, ...good);
+    assertEquals((await pending).epoch, 2);
+    await assertStoreEquals(b, p, 2);
+    await until(() => r.epoch === 2, "the relay's replica to reach epoch 2");
+  } finally {
+    await p.stop();
+    await r.close();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("bad input: unknown scheme, bad --store, unreachable peer", async () => {
   const dir = await Deno.makeTempDir();
   try {
