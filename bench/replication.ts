@@ -9,7 +9,7 @@
  * -A: Deno 2.9 treats /proc/PID/stat (the CPU figures) as privileged.
  *
  *     deno run -A --unstable-net bench/replication.ts [--size 256M] [--dirty 2M]
- *       [--epochs 80] [--interval 25] [--backups 1,3,8] [--transports tcp,quic,ws]
+ *       [--epochs 200] [--interval 25] [--backups 1,3,8] [--transports tcp,quic,ws]
  * @module
  */
 
@@ -33,10 +33,12 @@ const args = parseArgs(Deno.args, [
 const opt = (k: string, d: string) => args.options.get(k)?.at(-1) ?? d;
 const size = parseSize(opt("size", "256M"), "size");
 const dirtyBytes = parseSize(opt("dirty", "2M"), "dirty");
-const epochs = Number(opt("epochs", "80"));
+const epochs = Number(opt("epochs", "200"));
 const interval = Number(opt("interval", "25"));
 const backupCounts = opt("backups", "1,3,8").split(",").map(Number);
 const transports = opt("transports", "tcp,quic,ws").split(",");
+/** Epochs at the offered rate before the measured run. */
+const WARMUP_EPOCHS = Math.ceil(1000 / interval);
 
 const certs = await makeDevCerts();
 const tmp = await Deno.makeTempDir({ prefix: "patchwire-bench-" });
@@ -179,9 +181,16 @@ async function run(
       note: () => {},
     });
     primary.start();
-    // Warm-up: the initial full sync and a few epochs, then flush the page
-    // cache so the stores' initial writeback does not land in the run.
-    for (let i = 0; i < 8; i++) await primary.checkpoint();
+    // Warm-up: the initial full sync and a second of epochs at the offered
+    // rate (compiled code, mapped stores, grown journals: the steady state a
+    // long-running replica is in), then flush the page cache so the stores'
+    // initial writeback does not land in the run.
+    for (let i = 0; i < WARMUP_EPOCHS; i++) {
+      const t = performance.now();
+      await primary.checkpoint();
+      const wait = interval - (performance.now() - t);
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
     await new Deno.Command("sync").output().catch(() => {});
     const lat = new SampleWindow(epochs);
     const worst: [number, number, number][] = [];
