@@ -7,6 +7,7 @@
  * and callers keep the file API.
  */
 
+const O_RDONLY = 0;
 const O_RDWR = 2;
 const PROT_READ = 1, PROT_WRITE = 2;
 const MAP_SHARED = 1;
@@ -80,18 +81,27 @@ export class MappedFile {
   }
 }
 
-/** Maps `size` bytes of the existing file at `path`, or returns null if mapping is unavailable. */
-export function mapFile(path: string, size: number): MappedFile | null {
+/**
+ * Maps `size` bytes of the existing file at `path`, or returns null if mapping
+ * is unavailable. `readOnly`: opened and mapped for reading only (writing
+ * to `bytes` then faults). The file must not shrink below `size` while
+ * mapped: touching a page past its end raises SIGBUS.
+ */
+export function mapFile(
+  path: string,
+  size: number,
+  { readOnly = false }: { readOnly?: boolean } = {},
+): MappedFile | null {
   const lib = load();
   if (!lib || size <= 0) return null;
   const cpath = new TextEncoder().encode(path + "\0");
-  const fd = lib.symbols.open(cpath, O_RDWR, 0);
+  const fd = lib.symbols.open(cpath, readOnly ? O_RDONLY : O_RDWR, 0);
   if (fd < 0) return null;
   try {
     const ptr = lib.symbols.mmap(
       null,
       BigInt(size),
-      PROT_READ | PROT_WRITE,
+      readOnly ? PROT_READ : PROT_READ | PROT_WRITE,
       MAP_SHARED | MAP_POPULATE,
       fd,
       0n,

@@ -18,7 +18,8 @@ import {
   UpstreamServer,
 } from "./_upstream.ts";
 import { Primary, type PrimaryOptions } from "./primary.ts";
-import { FileSource, MultiSource } from "./source.ts";
+import { FileSource } from "./file_source.ts";
+import { MultiSource } from "./multi_source.ts";
 import { formatDigest } from "./digest.ts";
 
 /** Options of {@linkcode Backup.open}. */

@@ -295,7 +295,7 @@ Deno.test("CLI: backup --promote starts as a primary from its store's last commi
   const dir = await Deno.makeTempDir();
   const { Backup } = await import("../src/backup.ts");
   const { Primary } = await import("../src/primary.ts");
-  const { openSource } = await import("../src/source.ts");
+  const { openSource } = await import("../src/open_source.ts");
   const b = await Backup.open({
     listen: "tcp://127.0.0.1:0",
     store: `${dir}/store`,

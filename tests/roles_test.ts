@@ -9,7 +9,7 @@ import { Relay } from "../src/relay.ts";
 import { Backup } from "../src/backup.ts";
 import { AckLevel } from "../src/protocol.ts";
 import type { AckPolicy } from "../src/ack_policy.ts";
-import { openSource } from "../src/source.ts";
+import { openSource } from "../src/open_source.ts";
 import { bytesEqual } from "../src/replay.ts";
 import type { TlsOptions } from "../src/transport.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
@@ -508,7 +508,8 @@ Deno.test("a synthetic source's dirty log names every page it wrote: the hinted 
   const { EpochDecoder } = await import("../src/decoder.ts");
   const encoder = new EpochEncoder(source.images);
   const decoder = new EpochDecoder(source.images);
-  const synthetic = source as import("../src/source.ts").SyntheticSource;
+  const synthetic =
+    source as import("../src/synthetic_source.ts").SyntheticSource;
   let hinted = 0;
   for (let e = 0; e < 12; e++) {
     const { dirtyPages } = await source.capture(encoder.captureBuffers);

@@ -10,7 +10,7 @@
 import { formatBytes, intOption, parseArgs, runMain } from "../src/_cli.ts";
 import { parseLevel } from "../src/level.ts";
 import { bytesEqual } from "../src/replay.ts";
-import { openSource } from "../src/source.ts";
+import { openSource } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { Relay } from "../src/relay.ts";
 import { Backup } from "../src/backup.ts";

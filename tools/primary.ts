@@ -24,7 +24,7 @@ import {
   transportOptions,
 } from "../src/_role_cli.ts";
 import { parseLevel } from "../src/level.ts";
-import { openSources } from "../src/source.ts";
+import { openSources } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
 

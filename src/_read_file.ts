@@ -1,0 +1,29 @@
+/**
+ * Reads a whole file into a buffer with positioned reads in large chunks:
+ * the fallback where a memory map (FFI) is unavailable.
+ * @module
+ */
+
+/** Reads `into.length` bytes from the start of `path`; throws if the file is shorter. */
+export function readFileInto(path: string, into: Uint8Array): void {
+  const f = Deno.openSync(path, { read: true });
+  try {
+    let pos = 0;
+    while (pos < into.length) {
+      const n = f.readSync(
+        into.subarray(pos, Math.min(into.length, pos + CHUNK_BYTES)),
+      );
+      if (n === null) {
+        throw new Error(
+          `${path} ended at ${pos} bytes, expected ${into.length}`,
+        );
+      }
+      pos += n;
+    }
+  } finally {
+    f.close();
+  }
+}
+
+/** Bytes per read: large enough that system calls do not show. */
+const CHUNK_BYTES = 8 << 20;
