@@ -16,7 +16,7 @@
 import { parseArgs } from "../src/_cli.ts";
 import { parseSize } from "../src/synthetic.ts";
 import { Primary } from "../src/primary.ts";
-import { openSource } from "../src/source.ts";
+import { openSource } from "../src/open_source.ts";
 import { AckLevel } from "../src/protocol.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
 import { SampleWindow } from "../src/_window.ts";
