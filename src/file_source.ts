@@ -1,10 +1,11 @@
 /**
  * `file:PATH`: a regular file, a `/dev/shm` file or a device, whose contents
- * are one image, read whole at every capture.
+ * are one image, copied whole at every capture.
  * @module
  */
 
 import type { ImageSpec } from "./encoder.ts";
+import { mapFile, type MappedFile } from "./_mmap.ts";
 import {
   type CaptureResult,
   checkInto,
@@ -17,6 +18,9 @@ import {
 export class FileSource implements Source {
   readonly name: string;
   readonly images: ImageSpec[];
+  /** The file's mapping; undefined until the first capture tried, null if mapping is unavailable. */
+  #map: MappedFile | null | undefined = undefined;
+  #mappedIno: number | null = null;
   constructor(readonly path: string, size: number, id = imageIdFor(path)) {
     this.name = `file:${path}`;
     this.images = [{ id, size }];
@@ -45,10 +49,46 @@ export class FileSource implements Source {
     return new FileSource(path, size, id);
   }
 
+  /**
+   * Copies the file into `into[0]`. A regular file is copied from a memory
+   * map (FFI), which measured twice as fast as chunked reads (bench
+   * qemu_pause: 25 ms against 49 ms for 256 MiB); devices, and hosts without
+   * FFI, are read. A file that shrank is an error (checked first: touching a
+   * mapped page past the end of the file would kill the process), one that
+   * grew is captured at its first size, one replaced by another file (a new
+   * inode) is mapped again.
+   */
   async capture(into: Uint8Array[]): Promise<CaptureResult> {
     checkInto(this.images, into);
     const t0 = performance.now();
     const buf = into[0];
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.statSync(this.path);
+    } catch (e) {
+      throw new SourceError(
+        `file:${this.path}: cannot stat: ${(e as Error).message}`,
+      );
+    }
+    if (info.isFile) {
+      if (info.size < buf.length) {
+        throw new SourceError(
+          `file:${this.path}: shrank to ${info.size} bytes, expected ${buf.length}`,
+        );
+      }
+      if (this.#map && this.#mappedIno !== info.ino) {
+        this.#map.close();
+        this.#map = undefined;
+      }
+      if (this.#map === undefined) {
+        this.#map = mapFile(this.path, buf.length, { readOnly: true });
+        this.#mappedIno = info.ino;
+      }
+      if (this.#map) {
+        buf.set(this.#map.bytes);
+        return { pauseMs: performance.now() - t0 };
+      }
+    }
     let f: Deno.FsFile;
     try {
       f = await Deno.open(this.path, { read: true });
@@ -74,5 +114,9 @@ export class FileSource implements Source {
     return { pauseMs: performance.now() - t0 };
   }
 
-  async close(): Promise<void> {}
+  close(): Promise<void> {
+    this.#map?.close();
+    this.#map = undefined;
+    return Promise.resolve();
+  }
 }
