@@ -76,6 +76,34 @@ async function assertStoreEquals(
   }
 }
 
+/**
+ * Damages the primary's next epoch as it enters the retained log (so every
+ * peer is sent the damaged frames); returns what puts the good frames back,
+ * so that a resend commits.
+ */
+function corruptNextEpoch(
+  p: Primary,
+  damage: (frames: Uint8Array[]) => Uint8Array[],
+): () => void {
+  const origAppend = p.retained.append.bind(p.retained);
+  let epoch = -1;
+  let good: Uint8Array[] = [];
+  p.retained.append = (entry) => {
+    p.retained.append = origAppend; // once
+    epoch = entry.epoch;
+    good = entry.frames.slice();
+    origAppend({ ...entry, frames: damage(entry.frames) });
+  };
+  return () => p.retained.get(epoch)!.frames.splice(0, good.length, ...good);
+}
+
+/** Flips a byte in the first frame, as a broken link would. */
+function flipByte(frames: Uint8Array[]): Uint8Array[] {
+  const bad = frames[0].slice();
+  bad[bad.length - 20] ^= 0xff;
+  return [bad, ...frames.slice(1)];
+}
+
 async function until(
   cond: () => boolean,
   what: string,
@@ -376,16 +404,7 @@ Deno.test("a frame corrupted in transit is rejected: the store stays at the last
     await p.checkpoint();
     await assertStoreEquals(b, p, 1);
     const epoch1 = p.encoder.images.map((i) => i.committed.slice(0, i.size));
-    // Flip a byte in epoch 2's first frame, as a broken link would.
-    const origAppend = p.retained.append.bind(p.retained);
-    let good: Uint8Array[] = [];
-    p.retained.append = (entry) => {
-      p.retained.append = origAppend; // once
-      good = entry.frames.slice();
-      const bad = entry.frames[0].slice();
-      bad[bad.length - 20] ^= 0xff;
-      origAppend({ ...entry, frames: [bad, ...entry.frames.slice(1)] });
-    };
+    const repair = corruptNextEpoch(p, flipByte);
     const pending = p.checkpoint();
     await until(
       () => b.upstream.lastError !== null,
@@ -402,7 +421,7 @@ Deno.test("a frame corrupted in transit is rejected: the store stays at the last
       assert(bytesEqual(stored, epoch1[s]), "store untouched by the bad epoch");
     }
     // The corruption was in transit: the link reconnects and resends epoch 2.
-    p.retained.get(2)!.frames.splice(0, good.length, ...good);
+    repair();
     const r = await pending;
     assertEquals(r.epoch, 2);
     await assertStoreEquals(b, p, 2);
@@ -429,15 +448,7 @@ Deno.test("a relay forwards a corrupted epoch before verifying it, then rejects 
     await assertStoreEquals(b, p, 1);
     // The relay's own decode runs after its peers acked: it follows.
     await until(() => r.epoch === 1, "the relay's replica to reach epoch 1");
-    const origAppend = p.retained.append.bind(p.retained);
-    let good: Uint8Array[] = [];
-    p.retained.append = (entry) => {
-      p.retained.append = origAppend; // once
-      good = entry.frames.slice();
-      const bad = entry.frames[0].slice();
-      bad[bad.length - 20] ^= 0xff;
-      origAppend({ ...entry, frames: [bad, ...entry.frames.slice(1)] });
-    };
+    const repair = corruptNextEpoch(p, flipByte);
     const pending = p.checkpoint();
     await until(
       () => r.upstream.lastError !== null && b.upstream.lastError !== null,
@@ -448,7 +459,7 @@ Deno.test("a relay forwards a corrupted epoch before verifying it, then rejects 
     }
     assertEquals(r.epoch, 1);
     assertEquals(b.epoch, 1);
-    p.retained.get(2)!.frames.splice(0, good.length, ...good);
+    repair();
     assertEquals((await pending).epoch, 2);
     await assertStoreEquals(b, p, 2);
     await until(() => r.epoch === 2, "the relay's replica to reach epoch 2");
@@ -544,12 +555,8 @@ Deno.test("ack-level received commits once an epoch's frames arrive, before the 
     await until(() => b.epoch === 1, "epoch 1 applied");
     // Epoch 2 arrives whole and well-formed, but its COMMIT names a wrong
     // digest: the backup will refuse to apply it …
-    const origAppend = p.retained.append.bind(p.retained);
-    let good: Uint8Array[] = [];
-    p.retained.append = (entry) => {
-      p.retained.append = origAppend;
-      good = entry.frames.slice();
-      const commit = decodeFrame(entry.frames[entry.frames.length - 1]);
+    const repair = corruptNextEpoch(p, (frames) => {
+      const commit = decodeFrame(frames[frames.length - 1]);
       const body = commit.body as CommitBody;
       const wrong = encodeFrame(
         FrameType.COMMIT,
@@ -561,8 +568,8 @@ Deno.test("ack-level received commits once an epoch's frames arrive, before the 
           images: body.images.map((i) => ({ ...i, digestLo: i.digestLo ^ 1 })),
         },
       );
-      origAppend({ ...entry, frames: [...entry.frames.slice(0, -1), wrong] });
-    };
+      return [...frames.slice(0, -1), wrong];
+    });
     // … but it had received every frame: under protocol A the epoch commits.
     const r = await p.checkpoint();
     assertEquals(r.epoch, 2);
@@ -573,7 +580,7 @@ Deno.test("ack-level received commits once an epoch's frames arrive, before the 
     );
     assertEquals(b.epoch, 1);
     // The link reconnects and resends epoch 2 from the log; now it applies.
-    p.retained.get(2)!.frames.splice(0, good.length, ...good);
+    repair();
     await until(() => b.epoch === 2, "epoch 2 applied after the resend");
     await assertStoreEquals(b, p, 2);
   } finally {
