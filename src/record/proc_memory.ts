@@ -29,6 +29,7 @@
  */
 
 import { type MapEntry, parseMaps, writableRanges } from "./_maps.ts";
+import { ProcessHandle } from "./_process.ts";
 
 /** One range of the image layout. */
 export interface LayoutRange {
@@ -82,13 +83,13 @@ export class ProcMemoryCapture {
   #layout: LayoutRange[] | undefined;
   #size = 0;
   #warn: (message: string) => void;
-  #stopTimeoutMs: number;
+  readonly #process: ProcessHandle;
   #lastUncaptured = 0;
 
   private constructor(pid: number, opts: ProcMemoryOptions) {
     this.pid = pid;
     this.#warn = opts.onWarning ?? ((m) => console.error(m));
-    this.#stopTimeoutMs = opts.stopTimeoutMs ?? 5000;
+    this.#process = new ProcessHandle(pid, opts.stopTimeoutMs ?? 5000);
   }
 
   /**
@@ -104,7 +105,7 @@ export class ProcMemoryCapture {
     }
     const cap = new ProcMemoryCapture(pid, opts);
     try {
-      await cap.#state();
+      await cap.#process.state();
     } catch (e) {
       if ((e as Error).message === `process ${pid} exited`) {
         throw new Error(
@@ -121,7 +122,9 @@ export class ProcMemoryCapture {
    * of the image size before the first capture fixes it.
    */
   async writableBytes(): Promise<number> {
-    const maps = writableRanges(parseMaps(await this.#readProc("maps")));
+    const maps = writableRanges(
+      parseMaps(await this.#process.readProc("maps")),
+    );
     return maps.reduce((n, m) => n + m.end - m.start, 0);
   }
 
@@ -141,14 +144,14 @@ export class ProcMemoryCapture {
    */
   async capture(into?: Uint8Array): Promise<ProcCaptureResult> {
     const pid = this.pid;
-    const wasStopped = (await this.#state()) === "T";
+    const wasStopped = (await this.#process.state()) === "T";
     let result: ProcCaptureResult;
     let resumeError: Error | undefined;
     const t0 = performance.now();
-    this.#signal("SIGSTOP");
+    this.#process.signal("SIGSTOP");
     try {
-      await this.#waitStopped();
-      const maps = parseMaps(await this.#readProc("maps"));
+      await this.#process.waitStopped();
+      const maps = parseMaps(await this.#process.readProc("maps"));
       const first = this.#layout === undefined;
       if (first) {
         const layout: LayoutRange[] = [];
@@ -205,7 +208,7 @@ export class ProcMemoryCapture {
     let missingRanges = 0;
     let missingBytes = 0;
     const examples: string[] = [];
-    using mem = await this.#openProc("mem");
+    using mem = await this.#process.openProc("mem");
     // Synchronous reads: the process is paused, so per-call latency matters
     // more than keeping the event loop free.
     const read = (addr: number, dst: Uint8Array): void => {
@@ -296,103 +299,6 @@ export class ProcMemoryCapture {
     }
     return { missingRanges, missingBytes, uncapturedBytes };
   }
-
-  #signal(sig: Deno.Signal): void {
-    try {
-      Deno.kill(this.pid, sig);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) throw this.#exited();
-      throw e;
-    }
-  }
-
-  #exited(): Error {
-    return new Error(`process ${this.pid} exited`);
-  }
-
-  async #openProc(file: string): Promise<Deno.FsFile> {
-    try {
-      return await Deno.open(`/proc/${this.pid}/${file}`, { read: true });
-    } catch (e) {
-      throw this.#procError(e, file);
-    }
-  }
-
-  async #readProc(file: string): Promise<string> {
-    try {
-      return await Deno.readTextFile(`/proc/${this.pid}/${file}`);
-    } catch (e) {
-      throw this.#procError(e, file);
-    }
-  }
-
-  #procError(e: unknown, file: string): Error {
-    if (e instanceof Deno.errors.NotFound) return this.#exited();
-    if (e instanceof Deno.errors.NotCapable) {
-      return new Error(
-        `reading /proc/${this.pid}/${file} needs --allow-all (-A): Deno treats /proc/PID files as privileged`,
-      );
-    }
-    if (e instanceof Deno.errors.PermissionDenied) {
-      return new Error(
-        `/proc/${this.pid}/${file}: permission denied; expected ptrace access to the process (run as its owner or root)`,
-      );
-    }
-    return e as Error;
-  }
-
-  /** State letter of the main thread; throws `process PID exited` if gone. */
-  async #state(): Promise<string> {
-    const s = stateOf(await this.#readProc("stat"));
-    if (s === "Z" || s === "X" || s === "x") throw this.#exited();
-    return s;
-  }
-
-  async #waitStopped(): Promise<void> {
-    const deadline = performance.now() + this.#stopTimeoutMs;
-    for (;;) {
-      let all = true;
-      let tids: string[];
-      try {
-        tids = [];
-        for await (const e of Deno.readDir(`/proc/${this.pid}/task`)) {
-          tids.push(e.name);
-        }
-      } catch (e) {
-        throw this.#procError(e, "task");
-      }
-      for (const tid of tids) {
-        let st: string;
-        try {
-          st = stateOf(
-            await Deno.readTextFile(`/proc/${this.pid}/task/${tid}/stat`),
-          );
-        } catch (e) {
-          if (e instanceof Deno.errors.NotFound) continue; // thread ended
-          throw this.#procError(e, `task/${tid}/stat`);
-        }
-        if (st === "Z" || st === "X" || st === "x") {
-          if (tid === String(this.pid) && tids.length === 1) {
-            throw this.#exited();
-          }
-          continue;
-        }
-        if (st !== "T" && st !== "t") all = false;
-      }
-      if (all) return;
-      if (performance.now() > deadline) {
-        throw new Error(
-          `process ${this.pid} did not stop within ${this.#stopTimeoutMs} ms of SIGSTOP`,
-        );
-      }
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  }
-}
-
-function stateOf(stat: string): string {
-  const i = stat.lastIndexOf(")");
-  return stat.charAt(i + 2);
 }
 
 function hex(n: number): string {
