@@ -39,6 +39,7 @@ export * from "./src/source.ts";
 export * from "./src/file_source.ts";
 export * from "./src/multi_source.ts";
 export * from "./src/open_source.ts";
+export * from "./src/proc_source.ts";
 export * from "./src/qemu_source.ts";
 export * from "./src/qmp.ts";
 export * from "./src/series_source.ts";

@@ -8,6 +8,7 @@ import { parseSyntheticSpec, SyntheticWorkload } from "./synthetic.ts";
 import { type Source, SourceError } from "./source.ts";
 import { FileSource } from "./file_source.ts";
 import { MultiSource } from "./multi_source.ts";
+import { ProcSource } from "./proc_source.ts";
 import { QemuSource } from "./qemu_source.ts";
 import { SeriesSource } from "./series_source.ts";
 import { SyntheticSource } from "./synthetic_source.ts";
@@ -46,9 +47,11 @@ export async function openSource(spec: string): Promise<Source> {
       }
     case "qemu":
       return await QemuSource.open(spec);
+    case "proc":
+      return await ProcSource.open(spec);
     default:
       throw new SourceError(
-        `unknown source "${spec}": expected file:PATH, qemu:QMP_SOCKET?mem=PATH, series:DIR or synthetic:SPEC`,
+        `unknown source "${spec}": expected file:PATH, qemu:QMP_SOCKET?mem=PATH, proc:PID, series:DIR or synthetic:SPEC`,
       );
   }
 }
