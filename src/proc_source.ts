@@ -37,6 +37,7 @@ import { parseSize } from "./synthetic.ts";
 import {
   type CaptureResult,
   checkInto,
+  parseSourceSpec,
   type Source,
   SourceError,
 } from "./source.ts";
@@ -169,18 +170,10 @@ export class ProcSource implements Source {
     spec: string,
     note: (line: string) => void = (l) => console.error(l),
   ): Promise<ProcSource> {
-    const rest = spec.replace(/^proc:/, "");
-    const q = rest.indexOf("?");
-    const pidText = q < 0 ? rest : rest.slice(0, q);
-    const params = new URLSearchParams(q < 0 ? "" : rest.slice(q + 1));
-    const fail = (what: string): never => {
-      throw new SourceError(`${spec}: ${what}`);
-    };
-    for (const key of params.keys()) {
-      if (key !== "size" && key !== "id") {
-        fail(`unknown option "${key}"; expected size=SIZE, id=NAME`);
-      }
-    }
+    const { target: pidText, params, fail } = parseSourceSpec(spec, {
+      size: "SIZE",
+      id: "NAME",
+    });
     const pid = Number(pidText);
     if (!/^\d+$/.test(pidText) || !Number.isSafeInteger(pid) || pid <= 0) {
       fail(`"${pidText}" is not a process id; expected proc:PID`);

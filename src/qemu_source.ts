@@ -25,6 +25,7 @@ import {
   type CaptureResult,
   checkInto,
   imageIdFor,
+  parseSourceSpec,
   type Source,
   SourceError,
 } from "./source.ts";
@@ -74,18 +75,11 @@ export class QemuSource implements Source {
    * memory backends, of the same size.
    */
   static async open(spec: string): Promise<QemuSource> {
-    const rest = spec.replace(/^qemu:/, "");
-    const q = rest.indexOf("?");
-    const socket = q < 0 ? rest : rest.slice(0, q);
-    const params = new URLSearchParams(q < 0 ? "" : rest.slice(q + 1));
-    const fail = (what: string): never => {
-      throw new SourceError(`${spec}: ${what}`);
-    };
-    for (const key of params.keys()) {
-      if (!["mem", "id", "timeout"].includes(key)) {
-        fail(`unknown option "${key}"; expected mem=PATH, id=NAME, timeout=MS`);
-      }
-    }
+    const { target: socket, params, fail } = parseSourceSpec(spec, {
+      mem: "PATH",
+      id: "NAME",
+      timeout: "MS",
+    });
     if (!socket) fail("expected qemu:QMP_SOCKET?mem=PATH");
     const mem = params.get("mem");
     if (!mem) {

@@ -64,6 +64,45 @@ export function checkInto(images: ImageSpec[], into: Uint8Array[]): void {
   });
 }
 
+/** A spec `KIND:TARGET?key=value&...` split up; `fail` throws a SourceError naming the spec. */
+export interface SourceSpec {
+  target: string;
+  params: URLSearchParams;
+  fail: (what: string) => never;
+}
+
+/**
+ * Splits `KIND:TARGET?key=value&...`, refusing options not in `options`
+ * (name → what its value is, for the message).
+ * @example
+ * ```ts
+ * import { parseSourceSpec } from "./source.ts";
+ * const { target, params } = parseSourceSpec("proc:42?size=1G", { size: "SIZE" });
+ * console.log(target, params.get("size")); // 42 1G
+ * ```
+ */
+export function parseSourceSpec(
+  spec: string,
+  options: Record<string, string>,
+): SourceSpec {
+  const rest = spec.slice(spec.indexOf(":") + 1);
+  const q = rest.indexOf("?");
+  const fail = (what: string): never => {
+    throw new SourceError(`${spec}: ${what}`);
+  };
+  const params = new URLSearchParams(q < 0 ? "" : rest.slice(q + 1));
+  for (const key of params.keys()) {
+    if (!(key in options)) {
+      fail(
+        `unknown option "${key}"; expected ${
+          Object.entries(options).map(([k, v]) => `${k}=${v}`).join(", ")
+        }`,
+      );
+    }
+  }
+  return { target: q < 0 ? rest : rest.slice(0, q), params, fail };
+}
+
 /** An image id from a file name (without a `.img` suffix): the characters image ids allow. */
 export function imageIdFor(path: string): string {
   const base = (path.split("/").filter(Boolean).at(-1) ?? "image").replace(
