@@ -105,6 +105,8 @@ export class EpochDecoder {
   #unitPos = new U32List();
   #lzPrefix = new ByteWriter(1 << 16);
   #lzPages = new U32List();
+  /** This chunk's copies of pages staged earlier in the epoch: (to, from) staging offsets. */
+  #epochCopies = new U32List();
   #stagingWords: Uint32Array = new Uint32Array(0);
   #zeroRef = new Uint8Array(PAGE_SIZE);
   #ownsZstd: boolean;
@@ -576,6 +578,7 @@ export class EpochDecoder {
     this.#lzPrefix.reset();
     this.#lzSeen.clear();
     this.#lzPages.clear();
+    this.#epochCopies.clear();
     // Page deltas restart in every chunk; chunks of an image cover increasing pages.
     let page = -1;
     let count = 0;
@@ -609,7 +612,20 @@ export class EpochDecoder {
             dst.fill(0, at, at + PAGE_SIZE);
             break;
           case OpKind.COPY:
-            dst.set(this.#readRef(reader, slot, page, fail), at);
+            if (
+              reader.pos < reader.end &&
+              reader.bytes[reader.pos] === RefKind.EPOCH
+            ) {
+              reader.pos++;
+              const s2 = reader.uvarint("reference image slot");
+              const p2 = reader.uvarint("reference page");
+              this.#epochCopies.push(at);
+              this.#epochCopies.push(
+                this.#stagedPage(s2, p2, slot, page, fail),
+              );
+            } else {
+              dst.set(this.#readRef(reader, slot, page, fail), at);
+            }
             break;
           case OpKind.XOR: {
             dst.set(this.#readRef(reader, slot, page, fail), at);
@@ -702,7 +718,54 @@ export class EpochDecoder {
         );
       }
     }
+    // Now every page this chunk names is whole (its LZ pages included).
+    const copies = this.#epochCopies.data;
+    for (let i = 0; i < this.#epochCopies.length; i += 2) {
+      this.#staging.bytes.copyWithin(
+        copies[i],
+        copies[i + 1],
+        copies[i + 1] + PAGE_SIZE,
+      );
+    }
     return page;
+  }
+
+  /**
+   * Staging offset of page `page` of image `slot` as staged earlier in this
+   * epoch by an op that made it whole (not BLOCKS); fails otherwise.
+   */
+  #stagedPage(
+    slot: number,
+    page: number,
+    curSlot: number,
+    curPage: number,
+    fail: (m: string) => never,
+  ): number {
+    const image = this.images[slot];
+    const where =
+      `page ${curPage} of image slot ${curSlot} copies page ${page} of slot ${slot} of this epoch`;
+    if (!image || slot > curSlot || (slot === curSlot && page >= curPage)) {
+      fail(`${where}, which is not staged before it`);
+    }
+    const block = page * image.blocksPerPage;
+    const uSlot = this.#unitSlot.data, uBlock = this.#unitBlock.data;
+    // Units are in (slot, block) order; the last one is the copying page.
+    let lo = 0, hi = this.#unitPos.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (
+        uSlot[mid] < slot || (uSlot[mid] === slot && uBlock[mid] < block)
+      ) lo = mid + 1;
+      else hi = mid;
+    }
+    if (
+      lo >= this.#unitPos.length - 1 || uSlot[lo] !== slot ||
+      uBlock[lo] !== block ||
+      this.#unitBlocks.data[lo] !== image.blocksPerPage
+    ) {
+      fail(`${where}, which this epoch did not stage as a whole page`);
+    }
+    return this.#unitPos.data[lo];
   }
 
   /** Releases native resources the decoder created. */

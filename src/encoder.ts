@@ -67,8 +67,8 @@ export interface EpochStats {
   lzExtraRefs: number;
   /** Pages per op kind. */
   ops: Record<string, number>;
-  /** Pages per reference kind (same address, other page, zero page). */
-  refs: { same: number; other: number; zero: number };
+  /** Pages per reference kind (same address, other page, zero page, a page new earlier in this epoch). */
+  refs: { same: number; other: number; zero: number; epoch: number };
   /** Op stream + LZ section bytes before compression. */
   rawBytes: number;
   /** Every byte of every frame. */
@@ -305,7 +305,7 @@ export class EpochEncoder {
       sharedBlocks: 0,
       lzExtraRefs: 0,
       ops: Object.fromEntries(OP_NAMES.map((n) => [n, 0])),
-      refs: { same: 0, other: 0, zero: 0 },
+      refs: { same: 0, other: 0, zero: 0, epoch: 0 },
       rawBytes: 0,
       wireBytes: 0,
       frames: 0,
@@ -333,6 +333,7 @@ export class EpochEncoder {
 
     // match + XOR per dirty page, compress + frame per chunk.
     const frames: Uint8Array[] = [];
+    this.#pages.beginEpoch(current);
     for (let s = 0; s < current.length; s++) {
       this.#encodeImage(s, current[s], epoch, frames, stats);
     }
@@ -476,6 +477,7 @@ export class EpochEncoder {
         if (choice.refKind === RefKind.SAME) stats.refs.same++;
         else if (choice.refKind === RefKind.OTHER) stats.refs.other++;
         else if (choice.refKind === RefKind.ZERO) stats.refs.zero++;
+        else if (choice.refKind === RefKind.EPOCH) stats.refs.epoch++;
         if (choice.kind === OpKind.LZ) {
           this.#lz.append(pageBytes.subarray(pageOff, pageOff + PAGE_SIZE));
           if (choice.refKind === RefKind.ZERO) this.#addLzRef(-1, 0);

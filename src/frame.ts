@@ -25,7 +25,7 @@ import { type Level, levelCode, levelFromCode } from "./level.ts";
 /** Frame magic: the first element of every frame. */
 export const FRAME_MAGIC = "PWR";
 /** Wire format version this build writes and accepts. */
-export const FRAME_VERSION = 1;
+export const FRAME_VERSION = 2;
 
 /** Frame types. */
 export const FrameType = { PATCH: 1, COMMIT: 2 } as const;

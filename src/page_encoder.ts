@@ -78,6 +78,10 @@ export class PageEncoder {
     bytes: 0,
   };
   #lzExtra = 0;
+  /** Pages new in this epoch, by a key of their block hashes → global page (see {@linkcode beginEpoch}). */
+  #epochPages = new Map<number, number>();
+  /** Word views of this epoch's images (null where a buffer is not 4-byte aligned). */
+  #epochWords: (Uint32Array | null)[] = [];
   #candidates = new Uint32Array(MAX_EXTRA_REFS);
   #prefix = new Uint8Array((1 + MAX_EXTRA_REFS) * PAGE_SIZE);
   #pageBases: number[] = [];
@@ -95,6 +99,20 @@ export class PageEncoder {
       this.#pageBases.push(base);
       base += image.pages;
     }
+  }
+
+  /**
+   * Starts an epoch whose images are `images` (the capture buffers): pages
+   * encoded from now on may be sent as a reference to an identical page
+   * encoded earlier in the epoch (RefKind.EPOCH).
+   */
+  beginEpoch(images: Uint8Array[]): void {
+    this.#epochPages.clear();
+    this.#epochWords = images.map((b) =>
+      (b.byteOffset & 3) === 0
+        ? new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2)
+        : null
+    );
   }
 
   /** Global page number (across images), as the anchor index counts pages. */
@@ -186,6 +204,35 @@ export class PageEncoder {
         -1,
         0,
       );
+    }
+
+    // Identical to a page new earlier in this epoch: send it once.
+    let epochKey = 0;
+    const whole = pageLen === PAGE_SIZE;
+    if (whole) {
+      for (let b = firstBlock; b < blockEnd; b++) {
+        epochKey = Math.imul(epochKey ^ hashes[2 * b], 0x9e3779b1) ^
+          hashes[2 * b + 1];
+      }
+      const earlier = this.#epochPages.get(epochKey);
+      if (earlier !== undefined) {
+        const s2 = this.#slotOfGlobalPage(earlier);
+        const p2 = earlier - this.#pageBases[s2];
+        const words = this.#epochWords[s2];
+        if (words && sameWords(curWords, cw, words, p2 * WORDS)) {
+          return this.#emit(
+            out,
+            pageDelta,
+            OpKind.COPY,
+            this.#best,
+            0,
+            RefKind.EPOCH,
+            s2,
+            p2,
+            0,
+          );
+        }
+      }
     }
 
     // A heavily rewritten page skips the XOR trials: LZ against its reference
@@ -407,6 +454,13 @@ export class PageEncoder {
       }
     }
 
+    // Whole in the receiver's staging (not BLOCKS): later copies may name it.
+    if (
+      whole && this.#bestKind !== OpKind.BLOCKS &&
+      !this.#epochPages.has(epochKey)
+    ) {
+      this.#epochPages.set(epochKey, this.#pageBases[slot] + page);
+    }
     return this.#emit(
       out,
       pageDelta,
@@ -479,7 +533,7 @@ export class PageEncoder {
     pos = writeUvarint(o, pos, pageDelta);
     if (kind === OpKind.COPY || kind === OpKind.XOR || kind === OpKind.LZ) {
       o[pos++] = refKind;
-      if (refKind === RefKind.OTHER) {
+      if (refKind === RefKind.OTHER || refKind === RefKind.EPOCH) {
         pos = writeUvarint(o, pos, refSlot);
         pos = writeUvarint(o, pos, refPage);
       }
@@ -531,4 +585,16 @@ function placeLength(
   const after = writeUvarint(t, pos, len);
   if (after !== start) t.copyWithin(after, start, end);
   return after + len;
+}
+
+/** True if the page-sized word runs at `a[aw]` and `b[bw]` are equal. */
+function sameWords(
+  a: Uint32Array,
+  aw: number,
+  b: Uint32Array,
+  bw: number,
+): boolean {
+  if (bw + WORDS > b.length) return false;
+  for (let i = 0; i < WORDS; i++) if (a[aw + i] !== b[bw + i]) return false;
+  return true;
 }

@@ -26,9 +26,17 @@
  *     ref     := 0                                   same address, same image
  *              | 1 slot page                         page `page` of image `slot`
  *              | 2                                   the zero page
+ *              | 3 slot page                         (COPY only) page `page` of image
+ *                                                    `slot` as this epoch makes it
  *
- * Every reference resolves against the receiver's last committed images, so
- * the order of ops inside an epoch does not matter. Pages are handled as
+ * References 0-2 resolve against the receiver's last committed images, so
+ * the order of those ops inside an epoch does not matter. Reference 3 lets a
+ * page that is new in this epoch in several places (two guests booted from
+ * the same kernel, in their first epoch) be sent once: it names a page
+ * staged earlier in the epoch (a lower slot, or the same slot and a lower
+ * page) by an op other than BLOCKS and other than a reference-3 COPY, so it
+ * is whole in the receiver's staging; receivers resolve it at the end of
+ * the chunk, once the chunk's LZ pages are in place. Pages are handled as
  * full `pageSize` pages; an image's last, short page is zero-padded on both
  * ends and only its real length is applied.
  * @module
@@ -57,7 +65,7 @@ export const OP_NAMES = [
 ] as const;
 
 /** Reference kinds. */
-export const RefKind = { SAME: 0, OTHER: 1, ZERO: 2 } as const;
+export const RefKind = { SAME: 0, OTHER: 1, ZERO: 2, EPOCH: 3 } as const;
 
 /** Block op kinds inside BLOCKS. */
 export const BlockOpKind = { XOR: 0, SHARED: 1 } as const;
