@@ -42,14 +42,12 @@ import {
   SourceError,
 } from "./source.ts";
 import { type MapEntry, parseMaps, writableRanges } from "./record/_maps.ts";
-import { ProcessHandle } from "./record/_process.ts";
+import { ProcessHandle, readMemory } from "./record/_process.ts";
 
 /** Size of the layout image. */
 export const LAYOUT_BYTES = 1 << 20;
 const PAGE = 4096;
 const LAYOUT_FORMAT = "patchwire-proc-layout/1";
-/** Bytes per read from /proc/PID/mem. */
-const READ_CHUNK = 8 << 20;
 const SOFT_DIRTY_BIT = 1n << 55n;
 
 /** One mapping of the layout image. */
@@ -387,7 +385,7 @@ export class ProcSource implements Source {
             (off, n) => mark(p.at + off, n),
           );
         } else {
-          readAt(mem, p.start, dst);
+          readMemory(mem, p.start, dst);
           mark(p.at, p.room);
         }
         // The page tail past the mapping's end stays zero.
@@ -441,20 +439,6 @@ export class ProcSource implements Source {
   }
 }
 
-/** Reads `dst.length` bytes at address `addr` of /proc/PID/mem. */
-function readAt(mem: Deno.FsFile, addr: number, dst: Uint8Array): void {
-  for (let done = 0; done < dst.length;) {
-    mem.seekSync(addr + done, Deno.SeekMode.Start);
-    const n = mem.readSync(
-      dst.subarray(done, Math.min(dst.length, done + READ_CHUNK)),
-    );
-    if (n === null || n === 0) {
-      throw new Error(`nothing readable at ${hex(addr + done)}`);
-    }
-    done += n;
-  }
-}
-
 /** Reads only the soft-dirty pages of the mapping at `addr`; `wrote(offset, length)` for each run. */
 function readDirty(
   mem: Deno.FsFile,
@@ -481,7 +465,7 @@ function readDirty(
     let e = p + 1;
     while (e < pages && (entries[e] & SOFT_DIRTY_BIT) !== 0n) e++;
     const off = p * PAGE, end = Math.min(e * PAGE, dst.length);
-    readAt(mem, addr + off, dst.subarray(off, end));
+    readMemory(mem, addr + off, dst.subarray(off, end));
     wrote(off, end - off);
     p = e;
   }

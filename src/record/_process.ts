@@ -115,3 +115,28 @@ export function stateOf(stat: string): string {
   const i = stat.lastIndexOf(")");
   return stat.charAt(i + 2);
 }
+
+/** Bytes per read from /proc/PID/mem. */
+const MEM_READ_BYTES = 16 << 20;
+
+/**
+ * Reads `dst.length` bytes at address `addr` from an open `/proc/PID/mem`,
+ * synchronously: the process is stopped, so per-call latency matters more
+ * than keeping the event loop free.
+ */
+export function readMemory(
+  mem: Deno.FsFile,
+  addr: number,
+  dst: Uint8Array,
+): void {
+  for (let done = 0; done < dst.length;) {
+    mem.seekSync(addr + done, Deno.SeekMode.Start);
+    const n = mem.readSync(
+      dst.subarray(done, Math.min(dst.length, done + MEM_READ_BYTES)),
+    );
+    if (n === null || n === 0) {
+      throw new Error(`end of file at ${(addr + done).toString(16)}`);
+    }
+    done += n;
+  }
+}

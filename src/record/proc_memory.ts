@@ -29,7 +29,7 @@
  */
 
 import { type MapEntry, parseMaps, writableRanges } from "./_maps.ts";
-import { ProcessHandle } from "./_process.ts";
+import { ProcessHandle, readMemory } from "./_process.ts";
 
 /** One range of the image layout. */
 export interface LayoutRange {
@@ -66,8 +66,6 @@ export interface ProcMemoryOptions {
   /** Longest wait for every thread to stop after SIGSTOP (default 5000). */
   stopTimeoutMs?: number;
 }
-
-const CHUNK = 16 << 20;
 
 /**
  * Captures a process's writable memory; see the module documentation.
@@ -209,20 +207,7 @@ export class ProcMemoryCapture {
     let missingBytes = 0;
     const examples: string[] = [];
     using mem = await this.#process.openProc("mem");
-    // Synchronous reads: the process is paused, so per-call latency matters
-    // more than keeping the event loop free.
-    const read = (addr: number, dst: Uint8Array): void => {
-      for (let done = 0; done < dst.length;) {
-        mem.seekSync(addr + done, Deno.SeekMode.Start);
-        const n = mem.readSync(
-          dst.subarray(done, Math.min(dst.length, done + CHUNK)),
-        );
-        if (n === null || n === 0) {
-          throw new Error(`end of file at ${hex(addr + done)}`);
-        }
-        done += n;
-      }
-    };
+    const read = (addr: number, dst: Uint8Array) => readMemory(mem, addr, dst);
     let j = 0; // index into maps (sorted by start)
     for (const r of layout) {
       const dst = buf.subarray(r.imageOffset, r.imageOffset + r.end - r.start);
