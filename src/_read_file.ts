@@ -4,9 +4,14 @@
  * @module
  */
 
-/** Reads `into.length` bytes from the start of `path`; throws if the file is shorter. */
+/** Reads `into.length` bytes from the start of `path`; throws if it cannot be opened or is shorter. */
 export function readFileInto(path: string, into: Uint8Array): void {
-  const f = Deno.openSync(path, { read: true });
+  let f: Deno.FsFile;
+  try {
+    f = Deno.openSync(path, { read: true });
+  } catch (e) {
+    throw new Error(`cannot open for reading: ${(e as Error).message}`);
+  }
   try {
     let pos = 0;
     while (pos < into.length) {
@@ -14,9 +19,7 @@ export function readFileInto(path: string, into: Uint8Array): void {
         into.subarray(pos, Math.min(into.length, pos + CHUNK_BYTES)),
       );
       if (n === null) {
-        throw new Error(
-          `${path} ended at ${pos} bytes, expected ${into.length}`,
-        );
+        throw new Error(`shrank to ${pos} bytes, expected ${into.length}`);
       }
       pos += n;
     }

@@ -6,6 +6,7 @@
 
 import type { ImageSpec } from "./encoder.ts";
 import { mapFile, type MappedFile } from "./_mmap.ts";
+import { readFileInto } from "./_read_file.ts";
 import {
   type CaptureResult,
   checkInto,
@@ -58,7 +59,15 @@ export class FileSource implements Source {
    * grew is captured at its first size, one replaced by another file (a new
    * inode) is mapped again.
    */
-  async capture(into: Uint8Array[]): Promise<CaptureResult> {
+  capture(into: Uint8Array[]): Promise<CaptureResult> {
+    try {
+      return Promise.resolve(this.#capture(into));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #capture(into: Uint8Array[]): CaptureResult {
     checkInto(this.images, into);
     const t0 = performance.now();
     const buf = into[0];
@@ -89,27 +98,10 @@ export class FileSource implements Source {
         return { pauseMs: performance.now() - t0 };
       }
     }
-    let f: Deno.FsFile;
     try {
-      f = await Deno.open(this.path, { read: true });
+      readFileInto(this.path, buf);
     } catch (e) {
-      throw new SourceError(
-        `file:${this.path}: cannot open for reading: ${(e as Error).message}`,
-      );
-    }
-    try {
-      let pos = 0;
-      while (pos < buf.length) {
-        const n = await f.read(buf.subarray(pos));
-        if (n === null) {
-          throw new SourceError(
-            `file:${this.path}: shrank to ${pos} bytes, expected ${buf.length}`,
-          );
-        }
-        pos += n;
-      }
-    } finally {
-      f.close();
+      throw new SourceError(`file:${this.path}: ${(e as Error).message}`);
     }
     return { pauseMs: performance.now() - t0 };
   }
