@@ -245,10 +245,7 @@ export class ProcSource implements Source {
         );
         const previous = this.#placements;
         const next = this.#place(maps, arena.length);
-        if (first) {
-          arena.fill(0);
-          layoutImage.fill(0);
-        }
+        if (first) arena.fill(0); // the layout image is rewritten whole below
         dirty = await this.#read(arena, previous, next, first);
         // Killed while stopped, every read fails: that is an exit, not zeros.
         await this.process.state();
@@ -356,9 +353,9 @@ export class ProcSource implements Source {
       }
     };
     // Freed space: zero what a previous mapping held and no new one covers.
-    const kept = new Map(next.map((p) => [`${p.at}`, p]));
+    const kept = new Map(next.map((p) => [p.at, p]));
     for (const p of previous) {
-      const n = kept.get(`${p.at}`);
+      const n = kept.get(p.at);
       if (n && n.start === p.start && n.room >= p.room) continue;
       const from = n && n.start === p.start ? p.at + n.room : p.at;
       arena.fill(0, from, p.at + p.room);
