@@ -22,13 +22,26 @@ export class FileSource implements Source {
   /** The file's mapping; undefined until the first capture tried, null if mapping is unavailable. */
   #map: MappedFile | null | undefined = undefined;
   #mappedIno: number | null = null;
-  constructor(readonly path: string, size: number, id = imageIdFor(path)) {
+  #warnedGrowth = false;
+  constructor(
+    readonly path: string,
+    size: number,
+    id = imageIdFor(path),
+    readonly note: (line: string) => void = (l) => console.error(l),
+  ) {
     this.name = `file:${path}`;
     this.images = [{ id, size }];
   }
 
-  /** Opens `path`, taking its current size as the image size. */
-  static async open(path: string, id?: string): Promise<FileSource> {
+  /**
+   * Opens `path`, taking its current size as the image size. `note` gets
+   * warnings (default: stderr).
+   */
+  static async open(
+    path: string,
+    id?: string,
+    note?: (line: string) => void,
+  ): Promise<FileSource> {
     let size: number;
     try {
       const f = await Deno.open(path, { read: true });
@@ -47,7 +60,7 @@ export class FileSource implements Source {
     if (size === 0) {
       throw new SourceError(`file:${path}: is empty, expected an image`);
     }
-    return new FileSource(path, size, id);
+    return new FileSource(path, size, id, note);
   }
 
   /**
@@ -56,8 +69,8 @@ export class FileSource implements Source {
    * qemu_pause: 25 ms against 49 ms for 256 MiB); devices, and hosts without
    * FFI, are read. A file that shrank is an error (checked first: touching a
    * mapped page past the end of the file would kill the process), one that
-   * grew is captured at its first size, one replaced by another file (a new
-   * inode) is mapped again.
+   * grew is captured at its first size (and reported once), one replaced by
+   * another file (a new inode) is mapped again.
    */
   capture(into: Uint8Array[]): Promise<CaptureResult> {
     try {
@@ -82,7 +95,13 @@ export class FileSource implements Source {
     if (info.isFile) {
       if (info.size < buf.length) {
         throw new SourceError(
-          `file:${this.path}: shrank to ${info.size} bytes, expected ${buf.length}`,
+          `file:${this.path}: file shrank to ${info.size} bytes, expected ${buf.length}`,
+        );
+      }
+      if (info.size > buf.length && !this.#warnedGrowth) {
+        this.#warnedGrowth = true;
+        this.note(
+          `file:${this.path}: file grew to ${info.size} bytes; only the first ${buf.length} (its size at open) are replicated`,
         );
       }
       if (this.#map && this.#mappedIno !== info.ino) {

@@ -3,7 +3,7 @@
  * @module
  */
 
-import { openSeries } from "./series.ts";
+import { openSeriesSet } from "./series.ts";
 import { parseSyntheticSpec, SyntheticWorkload } from "./synthetic.ts";
 import { type Source, SourceError } from "./source.ts";
 import { FileSource } from "./file_source.ts";
@@ -32,7 +32,7 @@ export async function openSource(spec: string): Promise<Source> {
     case "series":
       if (!rest) throw new SourceError(`"${spec}": expected series:DIR`);
       try {
-        return new SeriesSource(await openSeries(rest));
+        return new SeriesSource(await openSeriesSet(rest), spec);
       } catch (e) {
         throw new SourceError(`${spec}: ${(e as Error).message}`);
       }

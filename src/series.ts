@@ -232,6 +232,57 @@ export async function openSeries(dir: string): Promise<Series> {
 }
 
 /**
+ * Opens a recording: `dir` itself when it is a series (one image), otherwise
+ * every subdirectory of `dir` that is a series, in name order (one image
+ * each, named after its subdirectory: what `record` writes for a source with
+ * several images). The series of a set must have the same number of epochs.
+ *
+ * @example
+ * ```ts
+ * import { openSeriesSet } from "./series.ts";
+ * const set = await openSeriesSet("/work/data/recordings/proc");
+ * console.log(set.map((s) => s.dir));
+ * ```
+ */
+export async function openSeriesSet(dir: string): Promise<Series[]> {
+  if (await isSeriesDir(dir)) return [await openSeries(dir)];
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isDirectory && await isSeriesDir(join(dir, e.name))) {
+        names.push(e.name);
+      }
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Error(
+        `${dir}: not found, expected an image series directory (meta.json) or a directory of them`,
+      );
+    }
+    throw e;
+  }
+  if (names.length === 0) {
+    throw new Error(
+      `${dir}: holds no meta.json and no subdirectory with one, expected an image series or a directory of them`,
+    );
+  }
+  names.sort();
+  const set: Series[] = [];
+  for (const n of names) set.push(await openSeries(join(dir, n)));
+  const epochs = set[0].meta.epochs;
+  for (const s of set) {
+    if (s.meta.epochs !== epochs) {
+      throw new Error(
+        `${s.dir}: ${s.meta.epochs} epochs, expected ${epochs} like ${
+          set[0].dir
+        } (the series of a recording are captured together)`,
+      );
+    }
+  }
+  return set;
+}
+
+/**
  * Test whether `dir` already holds an image series (has a `meta.json`).
  *
  * @example

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { openSeries } from "../src/series.ts";
+import { openSeries, openSeriesSet } from "../src/series.ts";
+import { openSource } from "../src/open_source.ts";
+import { rebuildProcMemory } from "../src/proc_source.ts";
 import { runTool, type ToolRun } from "./_run_tool.ts";
 import { parseMaps, writableRanges } from "../src/record/_maps.ts";
 
@@ -310,7 +312,7 @@ Deno.test("record --file: captures a file that changes; shrinking fails", async 
     ];
     const refused = await record(again);
     assert.equal(refused.code, 2);
-    assert.match(refused.stderr, /already holds a series.*--force/);
+    assert.match(refused.stderr, /already holds a recording.*--force/);
     // ... and replaced with it (old images removed).
     const forced = await record([...again, "--force"]);
     assert.equal(forced.code, 0, forced.stderr);
@@ -349,7 +351,7 @@ Deno.test("record validates its arguments and --help tells the options", async (
   const bad: [string[], RegExp][] = [
     [
       ["--epochs", "1", "--interval-ms", "0", "--out", "/tmp/x"],
-      /exactly one of --pid PID or --file PATH/,
+      /expected --source SPEC \(or --file PATH\), or exactly one --pid PID/,
     ],
     [[
       "--pid",
@@ -362,7 +364,7 @@ Deno.test("record validates its arguments and --help tells the options", async (
       "0",
       "--out",
       "/tmp/x",
-    ], /exactly one of/],
+    ], /or exactly one --pid PID/],
     [
       [
         "--file",
@@ -392,16 +394,31 @@ Deno.test("record validates its arguments and --help tells the options", async (
       /missing --interval-ms/,
     ],
     [["--bogus"], /unknown option --bogus/],
+    [[
+      "--source",
+      "nonsense:1",
+      "--epochs",
+      "1",
+      "--interval-ms",
+      "0",
+      "--out",
+      "/tmp/x",
+    ], /unknown source "nonsense:1"/],
   ];
   for (const [args, re] of bad) {
     const r = await record(args);
-    assert.equal(r.code, 2, args.join(" "));
+    // A source that cannot be opened is a failure (1), not a usage error.
+    assert.equal(r.code, args[0] === "--source" ? 1 : 2, args.join(" "));
     assert.match(r.stderr, re);
   }
   const h = await record(["--help"]);
   assert.equal(h.code, 0);
   for (
     const opt of [
+      "--source",
+      "qemu:",
+      "proc:",
+      "synthetic:",
       "--pid",
       "--file",
       "--epochs",
@@ -414,4 +431,120 @@ Deno.test("record validates its arguments and --help tells the options", async (
   ) {
     assert.ok(h.stdout.includes(opt), opt);
   }
+});
+
+Deno.test("record --source: a several-image source is one series per image, and series:DIR replays it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "record_test_" });
+  const spec = "synthetic:images=2,size=256K,seed=7";
+  try {
+    const r = await record([
+      "--source",
+      spec,
+      "--epochs",
+      "4",
+      "--interval-ms",
+      "0",
+      "--out",
+      `${dir}/rec`,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const set = await openSeriesSet(`${dir}/rec`);
+    assert.deepEqual(set.map((s) => s.meta.name), ["img0", "img1"]);
+    for (const s of set) {
+      assert.equal(s.meta.epochs, 4);
+      assert.equal(s.meta.source, `${spec} image ${s.meta.name}`);
+    }
+    // Every epoch equals what the same seeded source captures directly ...
+    const direct = await openSource(spec);
+    // ... and series:DIR gives the same images back, epoch by epoch.
+    const replayed = await openSource(`series:${dir}/rec`);
+    assert.deepEqual(replayed.images, direct.images);
+    const a = direct.images.map((s) => new Uint8Array(s.size));
+    const b = direct.images.map((s) => new Uint8Array(s.size));
+    for (let e = 0; e < 4; e++) {
+      await direct.capture(a);
+      await replayed.capture(b);
+      for (let i = 0; i < 2; i++) {
+        assert.deepEqual(await set[i].readImage(e), a[i], `epoch ${e}`);
+        assert.deepEqual(b[i], a[i], `series: epoch ${e} image ${i}`);
+      }
+    }
+    await direct.close();
+    await replayed.close();
+    // A set whose series disagree on their epochs is refused.
+    await Deno.remove(`${dir}/rec/img1/0003.img`);
+    const meta = JSON.parse(
+      await Deno.readTextFile(`${dir}/rec/img1/meta.json`),
+    );
+    await Deno.writeTextFile(
+      `${dir}/rec/img1/meta.json`,
+      JSON.stringify({ ...meta, epochs: 3 }),
+    );
+    await assert.rejects(
+      () => openSource(`series:${dir}/rec`),
+      /img1: 3 epochs, expected 4 like .*img0/,
+    );
+    await assert.rejects(
+      () => openSource(`series:${dir}`),
+      /holds no meta.json and no subdirectory with one/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name:
+    "record --source proc:PID keeps the live layout: the process's memory rebuilds from every epoch",
+  ignore: !PY,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "record_test_" });
+    const beat = `${dir}/beat`;
+    const child = mutator(beat);
+    try {
+      await waitForBeat(beat);
+      const out = `${dir}/rec`;
+      const r = await record([
+        "--source",
+        `proc:${child.pid}`,
+        "--epochs",
+        "3",
+        "--interval-ms",
+        "100",
+        "--buffer-mb",
+        "512",
+        "--out",
+        out,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const [arena, layout] = await openSeriesSet(out);
+      assert.equal(arena.meta.name, `proc-${child.pid}`);
+      assert.equal(layout.meta.name, `proc-${child.pid}.layout`);
+      const mark = new TextEncoder().encode(MARK);
+      const counters: bigint[] = [];
+      for (let e = 0; e < 3; e++) {
+        const mappings = rebuildProcMemory(
+          await layout.readImage(e),
+          await arena.readImage(e),
+        );
+        // The 1 MiB buffer is one anonymous mapping holding MARK + counter.
+        const hits = mappings.flatMap((m) =>
+          findAll(m.bytes, mark).map((at) =>
+            new DataView(m.bytes.buffer, m.bytes.byteOffset + at + mark.length)
+              .getBigUint64(0, true)
+          )
+        ).filter((c) => c > 0n && c < 1_000_000_000n);
+        assert.ok(hits.length >= 1, `epoch ${e}: the buffer is rebuilt`);
+        counters.push(hits[0]);
+      }
+      assert.ok(
+        counters[0] < counters[1] && counters[1] < counters[2],
+        `counter advances between epochs: ${counters}`,
+      );
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
