@@ -319,8 +319,11 @@ export class ProcSource implements Source {
           (n, x) => n + roundUp(x.end - x.start, PAGE),
           0,
         );
+        const why = total <= size
+          ? " in one piece (its free space is fragmented)"
+          : "";
         throw new SourceError(
-          `${this.name}: the process's ${total} bytes of writable memory no longer fit the ${size}-byte image; restart the primary with proc:${this.process.pid}?size=${
+          `${this.name}: the process's ${total} bytes of writable memory no longer fit the ${size}-byte image${why}; restart the primary with proc:${this.process.pid}?size=${
             roundUp(2 * total, 16 << 20)
           } (or more)`,
         );

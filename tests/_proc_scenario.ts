@@ -3,7 +3,7 @@
  * tests/proc_source_test.ts as its own `deno run -A` process (Deno treats
  * /proc/PID as privileged, which the test command does not grant).
  *
- * Usage: deno run -A tests/_proc_scenario.ts churn|unreadable|exit|bad
+ * Usage: deno run -A tests/_proc_scenario.ts churn|unreadable|exit|overflow|bad
  * Exits 0 and prints one JSON line of figures, or throws.
  */
 
@@ -56,9 +56,24 @@ while True:
     time.sleep(0.01)
 `;
 
-async function child(script: string): Promise<Deno.ChildProcess> {
+/** A process that maps 48 MiB more, and writes it, when told to on stdin. */
+const GROWER = `
+import mmap, sys
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+m = mmap.mmap(-1, 48 << 20)
+for off in range(0, len(m), 4096): m[off] = 1
+sys.stdout.write("grown\\n"); sys.stdout.flush()
+sys.stdin.readline()
+`;
+
+async function child(
+  script: string,
+  stdin: "null" | "piped" = "null",
+): Promise<Deno.ChildProcess> {
   const p = new Deno.Command("python3", {
     args: ["-c", script],
+    stdin,
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -234,6 +249,38 @@ if (mode === "churn") {
     await backup.close();
   }
   console.log(JSON.stringify({ message, before, after }));
+} else if (mode === "overflow") {
+  // An arena sized for the process as it is now, then the process grows
+  // past it: the capture fails naming the size to use, makes no epoch, and
+  // leaves the process running.
+  const p = await child(GROWER, "piped");
+  const writer = p.stdin.getWriter();
+  const maps = () =>
+    writableRanges(parseMaps(Deno.readTextFileSync(`/proc/${p.pid}/maps`)))
+      .reduce((n, m) => n + m.end - m.start, 0);
+  const size = maps() + (8 << 20);
+  const source = await ProcSource.open(`proc:${p.pid}?size=${size}`);
+  const into = source.images.map((i) => new Uint8Array(i.size));
+  let message = "", stateAfter = "";
+  try {
+    await source.capture(into);
+    await writer.write(new TextEncoder().encode("grow\n"));
+    for (let i = 0; i < 500 && maps() < size; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    try {
+      await source.capture(into);
+    } catch (e) {
+      assert.ok(e instanceof SourceError, `a SourceError, got ${e}`);
+      message = (e as Error).message;
+    }
+    stateAfter = state(p.pid);
+  } finally {
+    await source.close();
+    p.kill("SIGKILL");
+    await p.status;
+  }
+  console.log(JSON.stringify({ message, stateAfter, size }));
 } else if (mode === "bad") {
   const messages: string[] = [];
   const self = Deno.pid;
@@ -254,5 +301,7 @@ if (mode === "churn") {
   }
   console.log(JSON.stringify({ messages }));
 } else {
-  throw new Error(`mode ${mode}: expected churn, unreadable, exit or bad`);
+  throw new Error(
+    `mode ${mode}: expected churn, unreadable, exit, overflow or bad`,
+  );
 }

@@ -45,6 +45,17 @@ Deno.test("proc: a process that exits mid-run fails the capture clearly and make
   assertEquals(r.after, r.before, "no partial epoch");
 });
 
+Deno.test("proc: a process that outgrows its arena fails the capture, naming the size to use, and keeps running", async () => {
+  const r = await scenario("overflow");
+  assert(
+    new RegExp(
+      `no longer fit the ${r.size}-byte image; restart the primary with proc:\\d+\\?size=\\d+`,
+    ).test(r.message),
+    r.message,
+  );
+  assert(r.stateAfter !== "T", `the process was resumed (${r.stateAfter})`);
+});
+
 Deno.test("proc: bad specs name what is wrong", async () => {
   const { messages } = await scenario("bad");
   assert(/does not exist/.test(messages[0]), messages[0]);
