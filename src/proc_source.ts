@@ -1,5 +1,5 @@
 /**
- * `proc:PID[?size=SIZE&id=NAME]`: a live process's writable memory, read
+ * `proc:PID[?size=SIZE&id=NAME&dirty=auto|scan]`: a live process's writable memory, read
  * through `/proc/PID/mem` while the process is stopped (SIGSTOP, then
  * SIGCONT; a process that was already stopped is left stopped).
  *
@@ -27,8 +27,8 @@
  * Dirty pages: where the kernel has soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`),
  * only pages with bit 55 of `/proc/PID/pagemap` set are read (then the bits
  * are cleared by writing `4` to `/proc/PID/clear_refs`) and passed to the
- * encoder as dirty hints; elsewhere every page is read and the encoder
- * scans. Deno treats `/proc/PID/*` as privileged: run with `-A`.
+ * encoder as dirty hints; elsewhere, or with `dirty=scan`, every page is
+ * read and the encoder scans. Deno treats `/proc/PID/*` as privileged: run with `-A`.
  * @module
  */
 
@@ -163,7 +163,11 @@ export class ProcSource implements Source {
     this.#note = note;
   }
 
-  /** Opens `proc:PID[?size=SIZE&id=NAME]`; the process must exist and be readable. */
+  /**
+   * Opens `proc:PID[?size=SIZE&id=NAME&dirty=auto|scan]`; the process must
+   * exist and be readable. `dirty=scan` reads every page at every capture
+   * even where soft-dirty bits work (default `auto`: use them if they do).
+   */
   static async open(
     spec: string,
     note: (line: string) => void = (l) => console.error(l),
@@ -171,7 +175,12 @@ export class ProcSource implements Source {
     const { target: pidText, params, fail } = parseSourceSpec(spec, {
       size: "SIZE",
       id: "NAME",
+      dirty: "auto|scan",
     });
+    const dirtyMode = params.get("dirty") ?? "auto";
+    if (dirtyMode !== "auto" && dirtyMode !== "scan") {
+      fail(`dirty=${dirtyMode}: expected dirty=auto or dirty=scan`);
+    }
     const pid = Number(pidText);
     if (!/^\d+$/.test(pidText) || !Number.isSafeInteger(pid) || pid <= 0) {
       fail(`"${pidText}" is not a process id; expected proc:PID`);
@@ -213,7 +222,7 @@ export class ProcSource implements Source {
       process,
       id,
       size,
-      softDirtyWorks(),
+      dirtyMode === "auto" && softDirtyWorks(),
       note,
     );
   }

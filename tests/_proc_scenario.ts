@@ -290,6 +290,7 @@ if (mode === "churn") {
       "proc:abc",
       `proc:${self}?size=4K`,
       `proc:${self}?colour=red`,
+      `proc:${self}?dirty=sometimes`,
     ]
   ) {
     try {

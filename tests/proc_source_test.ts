@@ -68,4 +68,8 @@ Deno.test("proc: bad specs name what is wrong", async () => {
     messages[2],
   );
   assert(/unknown option "colour"/.test(messages[3]), messages[3]);
+  assert(
+    /dirty=sometimes: expected dirty=auto or dirty=scan/.test(messages[4]),
+    messages[4],
+  );
 });
