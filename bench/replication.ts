@@ -19,6 +19,7 @@ import { Primary } from "../src/primary.ts";
 import { openSource } from "../src/open_source.ts";
 import { AckLevel } from "../src/protocol.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
+import { PeerAuth } from "../src/peer_auth.ts";
 import { SampleWindow } from "../src/_window.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -46,9 +47,9 @@ await Deno.writeTextFile(`${tmp}/ca.pem`, certs.caCert);
 await Deno.writeTextFile(`${tmp}/cert.pem`, certs.cert);
 await Deno.writeTextFile(`${tmp}/key.pem`, certs.key);
 const TLS_ARGS = [
-  "--tls-cert",
+  "--cert",
   `${tmp}/cert.pem`,
-  "--tls-key",
+  "--key",
   `${tmp}/key.pem`,
   "--ca",
   `${tmp}/ca.pem`,
@@ -58,6 +59,11 @@ const tls = {
   key: certs.key,
   caCerts: [certs.caCert],
 };
+const auth = await PeerAuth.create({
+  cert: certs.cert,
+  key: certs.key,
+  ca: [certs.caCert],
+});
 
 /** A role as a subprocess; resolves its listening URL from its log. */
 class Role {
@@ -178,6 +184,9 @@ async function run(
       ack: { who: { kind: "all" }, level: AckLevel.applied },
       intervalMs: null,
       link: { transport: { tls } },
+      // The relay and backups are given --ca, so they require a client
+      // certificate from their upstream.
+      auth,
       note: () => {},
     });
     primary.start();

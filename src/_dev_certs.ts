@@ -27,8 +27,17 @@ function pem(label: string, der: ArrayBuffer): string {
   }\n-----END ${label}-----\n`;
 }
 
+/** Options of {@linkcode makeDevCerts}. */
+export interface DevCertOptions {
+  /** Also for client authentication (mutual TLS). Default true. */
+  clientAuth?: boolean;
+}
+
 /** Makes a fresh CA and leaf, valid from an hour ago for `days` days. */
-export async function makeDevCerts(days = 30): Promise<DevCerts> {
+export async function makeDevCerts(
+  days = 30,
+  options: DevCertOptions = {},
+): Promise<DevCerts> {
   x509.cryptoProvider.set(crypto);
   const notBefore = new Date(Date.now() - 3600_000);
   const notAfter = new Date(Date.now() + days * 86400_000);
@@ -69,7 +78,14 @@ export async function makeDevCerts(days = 30): Promise<DevCerts> {
           x509.KeyUsageFlags.keyEncipherment,
         true,
       ),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+      // Each role is a TLS server to its upstream and proves the same
+      // certificate as a client to its peers (mutual TLS).
+      new x509.ExtendedKeyUsageExtension(
+        options.clientAuth === false ? [x509.ExtendedKeyUsage.serverAuth] : [
+          x509.ExtendedKeyUsage.serverAuth,
+          x509.ExtendedKeyUsage.clientAuth,
+        ],
+      ),
       new x509.SubjectAlternativeNameExtension([
         { type: "dns", value: "localhost" },
         { type: "ip", value: "127.0.0.1" },

@@ -1,8 +1,13 @@
 /** Command-line plumbing shared by the primary, relay and backup tools. */
 
 import type { Hono } from "hono";
-import { type ParsedArgs, UsageError } from "./_cli.ts";
-import type { TransportOptions } from "./transport.ts";
+import { intOption, type ParsedArgs, UsageError } from "./_cli.ts";
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  type TransportOptions,
+} from "./transport.ts";
+import { PeerAuth, readTokenFile } from "./peer_auth.ts";
+import { DEFAULT_SEND_BUFFER_BYTES } from "./peer_link.ts";
 import {
   type ControlTarget,
   createControlApp,
@@ -15,15 +20,37 @@ import { parseAckLevel, parseAckWho } from "./ack_policy.ts";
 import { AckLevel } from "./protocol.ts";
 
 /** Options every role takes. */
-export const COMMON_VALUED = ["http", "token", "tls-cert", "tls-key", "ca"];
+export const COMMON_VALUED = [
+  "http",
+  "token-file",
+  "cert",
+  "key",
+  "ca",
+  "max-frame-bytes",
+  "send-buffer-bytes",
+];
 
 /** Help text for the common options. */
 export const COMMON_HELP =
-  `  --http HOST:PORT  serve /healthz, /status, /metrics (and the role's actions)
-  --token TOKEN     shared secret peers must present (default: $PATCHWIRE_TOKEN or none)
-  --tls-cert FILE   PEM certificate chain for tls:, quic: and wss: listeners
-  --tls-key FILE    PEM private key for it
-  --ca FILE         PEM CA certificate to trust when connecting (tls:, quic:, wss:)
+  `  --http HOST:PORT  serve /healthz, /status, /metrics (and the role's actions);
+                    a HOST other than loopback needs a token, which the control
+                    API then requires (Authorization: Bearer TOKEN; not /healthz)
+  --token-file FILE shared token (one line, file mode 600) that every peer
+                    presents and checks, and the control API requires (default:
+                    $PATCHWIRE_TOKEN, else none)
+  --cert FILE       PEM certificate chain of this role: its TLS server
+                    certificate (tls:, quic:, wss: listeners) and the client
+                    certificate it proves to the peers it connects to
+  --key FILE        PEM (PKCS#8) private key of --cert
+  --ca FILE         PEM CA bundle: servers this role connects to must have
+                    certificates from it, and with it an upstream connecting
+                    to this role over tls:, quic: or wss: must prove a
+                    certificate from it (mutual TLS)
+  --max-frame-bytes N  largest message taken from or sent to a peer (default ${DEFAULT_MAX_MESSAGE_BYTES})
+  --send-buffer-bytes N  per peer, bytes sent and not yet acknowledged before
+                    sending waits (default ${DEFAULT_SEND_BUFFER_BYTES}); a peer that
+                    stays behind falls out of the retained log and is base-synced
+  Refused peers are logged and counted (/metrics patchwire_upstream_refused_total).
   --help            this text`;
 
 /** The last value of an option, or undefined. */
@@ -46,25 +73,60 @@ function readPem(path: string, what: string): string {
   }
 }
 
-/** Transport options from --tls-cert, --tls-key and --ca. */
+/** Transport options from --cert, --key, --ca and --max-frame-bytes. */
 export function transportOptions(args: ParsedArgs): TransportOptions {
-  const cert = last(args, "tls-cert"), key = last(args, "tls-key");
+  const cert = last(args, "cert"), key = last(args, "key");
   if (!!cert !== !!key) {
-    throw new UsageError("--tls-cert and --tls-key go together");
+    throw new UsageError("--cert and --key go together");
   }
   const ca = last(args, "ca");
+  const max = last(args, "max-frame-bytes");
   return {
     tls: {
-      cert: cert ? readPem(cert, "--tls-cert") : undefined,
-      key: key ? readPem(key, "--tls-key") : undefined,
+      cert: cert ? readPem(cert, "--cert") : undefined,
+      key: key ? readPem(key, "--key") : undefined,
       caCerts: ca ? [readPem(ca, "--ca")] : undefined,
     },
+    maxMessageBytes: max
+      ? intOption(max, "max-frame-bytes", 1024)
+      : DEFAULT_MAX_MESSAGE_BYTES,
   };
 }
 
-/** The token from --token or $PATCHWIRE_TOKEN. */
+/** --send-buffer-bytes, or the default. */
+export function sendBufferBytes(args: ParsedArgs): number {
+  const v = last(args, "send-buffer-bytes");
+  return v ? intOption(v, "send-buffer-bytes", 1) : DEFAULT_SEND_BUFFER_BYTES;
+}
+
+/** The token from --token-file or $PATCHWIRE_TOKEN ("" for none). */
 export function token(args: ParsedArgs): string {
-  return last(args, "token") ?? Deno.env.get("PATCHWIRE_TOKEN") ?? "";
+  const file = last(args, "token-file");
+  if (file) {
+    try {
+      return readTokenFile(file);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
+  return Deno.env.get("PATCHWIRE_TOKEN") ?? "";
+}
+
+/** Token and certificates from --token-file, --cert, --key and --ca. */
+export async function peerAuth(
+  args: ParsedArgs,
+  transport: TransportOptions,
+): Promise<PeerAuth> {
+  try {
+    return await PeerAuth.create({
+      token: token(args),
+      cert: transport.tls?.cert,
+      key: transport.tls?.key,
+      ca: transport.tls?.caCerts,
+    });
+  } catch (e) {
+    throw new UsageError(`--cert/--key/--ca: ${(e as Error).message}`);
+  }
 }
 
 /** --ack and --ack-level as a policy (defaults: all, applied). */
@@ -92,13 +154,19 @@ export function controlApp(
 ): { app: Hono | null; shared: boolean } {
   const http = last(args, "http");
   if (!http) return { app: null, shared: false };
-  let port: number;
+  let port: number, hostname: string;
   try {
-    port = parseHostPort(http).port;
+    ({ port, hostname } = parseHostPort(http));
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const app = createControlApp(target);
+  const secret = token(args);
+  if (secret === "" && !isLoopback(hostname)) {
+    throw new UsageError(
+      `--http ${http} is reachable from other hosts, and anyone reaching it could checkpoint or promote: bind it to 127.0.0.1 or give --token-file (the control API then requires the token)`,
+    );
+  }
+  const app = createControlApp(target, undefined, { token: secret });
   let shared = false;
   if (listenUrl) {
     try {
@@ -110,6 +178,11 @@ export function controlApp(
     }
   }
   return { app, shared };
+}
+
+function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" ||
+    /^127\.\d+\.\d+\.\d+$/.test(hostname);
 }
 
 /** Serves the control plane if --http was given. */

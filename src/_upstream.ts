@@ -24,6 +24,7 @@ import {
 } from "./protocol.ts";
 import { BaseReceiver } from "./base_sync.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
+import type { PeerAuth, RefusalReason } from "./peer_auth.ts";
 
 /** True for a codec frame of type COMMIT (msgpack: fixarray, "PWR", version, flags, type). */
 function isCommitFrame(bytes: Uint8Array): boolean {
@@ -32,7 +33,8 @@ function isCommitFrame(bytes: Uint8Array): boolean {
 
 /** What the role does with what arrives. */
 export interface ReplicaHooks {
-  readonly token: string;
+  /** What an upstream must present. */
+  readonly auth: PeerAuth;
   note(line: string): void;
   /** The decoder for the images a HELLO names (the current one if they match, else a new all-zero one). */
   prepare(hello: Hello): EpochDecoder;
@@ -102,17 +104,31 @@ export class UpstreamServer {
   connects = 0;
   bytesReceived = 0;
   lastError: string | null = null;
+  /** Upstreams refused before anything they sent was used, by reason. */
+  readonly refused: Record<RefusalReason, number> = {
+    token: 0,
+    certificate: 0,
+    protocol: 0,
+  };
+  /** Who the current upstream proved to be ("token" without certificates). */
+  peer: string | null = null;
   /** Whether the current upstream asked for durable acks. */
   durable = false;
   #conn: Connection | null = null;
   #session: Promise<void> | null = null;
   #run: Promise<void> | null = null;
   #closed = false;
+  /** Whether upstreams must prove a client certificate (a TLS listener with a CA). */
+  readonly requireCertificate: boolean;
 
-  constructor(readonly listener: Listener, readonly hooks: ReplicaHooks) {}
+  constructor(readonly listener: Listener, readonly hooks: ReplicaHooks) {
+    this.requireCertificate = hooks.auth.requiresCertificateOn(listener.url);
+  }
 
   /** Starts accepting. */
   start(): void {
+    const warning = this.hooks.auth.plainListenerNote(this.listener.url);
+    if (warning) this.hooks.note(warning);
     this.#run ??= this.#accept();
   }
 
@@ -122,6 +138,9 @@ export class UpstreamServer {
       remote: this.remote,
       connected: this.connected,
       connects: this.connects,
+      clientCertificates: this.requireCertificate,
+      peer: this.peer,
+      refused: this.refused,
       bytesReceived: this.bytesReceived,
       durable: this.durable,
       lastError: this.lastError,
@@ -175,6 +194,7 @@ export class UpstreamServer {
         if (this.#conn === conn) {
           this.#conn = null;
           this.remote = null;
+          this.peer = null;
         }
       });
     }
@@ -185,21 +205,40 @@ export class UpstreamServer {
     try {
       const first = await conn.receive();
       if (first === null) return;
-      if (!isControl(first)) {
-        throw new DecodeError("expected hello, got a frame");
+      // Nothing an upstream sends is used before its HELLO passed.
+      let hello: Hello;
+      try {
+        if (!isControl(first)) {
+          throw new DecodeError("expected hello, got a frame");
+        }
+        const m = decodeControl(first);
+        if (m.type !== "hello") {
+          throw new DecodeError(`expected hello, got ${m.type}`);
+        }
+        hello = m;
+      } catch (e) {
+        this.refused.protocol++;
+        throw e;
       }
-      const hello = decodeControl(first);
-      if (hello.type !== "hello") {
-        throw new DecodeError(`expected hello, got ${hello.type}`);
-      }
-      if (hello.token !== this.hooks.token) {
-        await conn.send(encodeControl({
-          type: "error",
-          message: "authentication failed: wrong token",
-        }));
-        this.hooks.note(`upstream ${conn.remote} refused: wrong token`);
+      const verdict = await this.hooks.auth.check(
+        hello,
+        this.requireCertificate,
+      );
+      if (!verdict.ok) {
+        this.refused[verdict.reason]++;
+        this.lastError = `refused: ${verdict.message}`;
+        this.hooks.note(`upstream ${conn.remote} refused: ${verdict.message}`);
+        try {
+          await conn.send(encodeControl({
+            type: "error",
+            message: `authentication failed: ${verdict.message}`,
+          }));
+        } catch {
+          // gone already
+        }
         return;
       }
+      this.peer = verdict.peer;
       this.connects++;
       this.durable = hello.durable;
       let decoder = this.hooks.prepare(hello);

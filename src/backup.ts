@@ -6,6 +6,7 @@
  * @module
  */
 
+import { PeerAuth } from "./peer_auth.ts";
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import { EpochDecoder } from "./decoder.ts";
@@ -28,8 +29,8 @@ export interface BackupOptions {
   listen: string;
   /** Store directory. */
   store: string;
-  /** Token the upstream must present. Default "". */
-  token?: string;
+  /** Token and certificates: what peers must present, and what this role presents. Default: none. */
+  auth?: PeerAuth;
   transport?: TransportOptions;
   /**
    * Unless the upstream asks for durable acks, epochs applied in memory reach
@@ -58,7 +59,7 @@ export type PromoteOptions = Omit<PrimaryOptions, "seed">;
 export class Backup implements ReplicaHooks {
   readonly role = "backup";
   readonly receivedAck = true;
-  readonly token: string;
+  readonly auth: PeerAuth;
   decoder: EpochDecoder | null = null;
   upstream: UpstreamServer;
   appliedEpochs = 0;
@@ -83,7 +84,7 @@ export class Backup implements ReplicaHooks {
   ) {
     this.#store = store;
     this.#flushMs = options.flushMs ?? 100;
-    this.token = options.token ?? "";
+    this.auth = options.auth ?? PeerAuth.none();
     this.#note = options.note ?? ((l) => console.error(l));
     const state = store.state;
     if (state) {

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
+import { constantTimeEqual } from "./peer_auth.ts";
 
 /** What a role exposes to its control plane. */
 export interface ControlTarget {
@@ -16,27 +17,65 @@ export interface ControlTarget {
   promote?(body: Record<string, unknown>): Promise<unknown>;
 }
 
+/** Options of {@linkcode createControlApp}. */
+export interface ControlOptions {
+  /**
+   * When set, every endpoint but `/healthz` requires
+   * `Authorization: Bearer TOKEN`; refusals are counted in `/metrics`.
+   */
+  token?: string;
+}
+
 /**
  * Builds the Hono app. `target()` is called per request, so a promoted
  * backup's control plane answers for its new primary.
  *
  * @example
  * ```ts
- * const app = createControlApp(() => primary);
- * Deno.serve({ port: 8080 }, app.fetch);
+ * const app = createControlApp(() => primary, new Hono(), { token: "s3cret" });
+ * Deno.serve({ hostname: "127.0.0.1", port: 8080 }, app.fetch);
  * ```
  */
 export function createControlApp(
   target: () => ControlTarget,
   app: Hono = new Hono(),
+  options: ControlOptions = {},
 ): Hono {
+  let refused = 0;
+  const token = options.token ?? "";
+  // Per route, not app-wide: a ws: transport endpoint mounted on the same
+  // app authenticates its peers itself (HELLO).
+  const guard: MiddlewareHandler = async (c, next) => {
+    if (token !== "") {
+      const given = /^Bearer (.+)$/.exec(c.req.header("authorization") ?? "")
+        ?.[1] ?? "";
+      if (!constantTimeEqual(given, token)) {
+        refused++;
+        return c.json({
+          error: given
+            ? "wrong bearer token"
+            : "this control API requires Authorization: Bearer <token> (the role's --token-file)",
+        }, 401);
+      }
+    }
+    await next();
+    return undefined;
+  };
   app.get("/healthz", (c) => c.text("ok\n"));
-  app.get("/status", (c) => c.json(target().status()));
-  app.get("/metrics", (c) =>
-    c.text(prometheus(target().status()), 200, {
-      "content-type": "text/plain; version=0.0.4",
-    }));
-  app.post("/checkpoint", async (c) => {
+  app.get(
+    "/status",
+    guard,
+    (c) => c.json({ ...target().status(), httpRefused: refused }),
+  );
+  app.get(
+    "/metrics",
+    guard,
+    (c) =>
+      c.text(prometheus({ ...target().status(), httpRefused: refused }), 200, {
+        "content-type": "text/plain; version=0.0.4",
+      }),
+  );
+  app.post("/checkpoint", guard, async (c) => {
     const t = target();
     if (!t.checkpoint) {
       return c.json({ error: "POST /checkpoint is for a primary" }, 409);
@@ -47,7 +86,7 @@ export function createControlApp(
       return c.json({ error: (e as Error).message }, 500);
     }
   });
-  app.post("/promote", async (c) => {
+  app.post("/promote", guard, async (c) => {
     const t = target();
     if (!t.promote) {
       return c.json({ error: "POST /promote is for a backup" }, 409);
@@ -96,10 +135,15 @@ export function prometheus(status: Record<string, unknown>): string {
   }
   const log = status.log as Record<string, number> | undefined;
   if (log) put("retained_log_bytes", log.bytes);
+  put("http_refused_total", status.httpRefused);
   const up = status.upstream as Record<string, unknown> | undefined;
   if (up) {
     put("upstream_connected", up.connected ? 1 : 0);
     put("upstream_bytes_received_total", up.bytesReceived);
+    const refused = up.refused as Record<string, number> | undefined;
+    for (const [reason, n] of Object.entries(refused ?? {})) {
+      put("upstream_refused_total", n, [`reason="${label(reason)}"`]);
+    }
   }
   const peers = (status.peers ?? []) as Record<string, unknown>[];
   for (const p of peers) {

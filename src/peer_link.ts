@@ -6,7 +6,11 @@
  *
  * Each link sends from the shared retained log at its own pace, so a slow peer
  * never delays the others and holds no copy of the frames; a peer that falls
- * out of the log gets a base sync.
+ * out of the log gets a base sync. What a link has sent and the peer has not
+ * acknowledged is capped ({@linkcode PeerLinkOptions.sendBufferBytes}): a
+ * slow or stalled peer makes its link wait, not buffer, so memory stays
+ * bounded by the log and the caps whatever the peer does; if it stays behind
+ * for long, its next epoch leaves the log and it is base-synced.
  * @module
  */
 
@@ -25,12 +29,14 @@ import {
 import { type RetainedLog, sameImages } from "./retained_log.ts";
 import { type BaseProgress, type BaseSnapshot, sendBase } from "./base_sync.ts";
 import type { Zstd } from "./compress/zstd.ts";
+import { type PeerAuth, serverNameOf } from "./peer_auth.ts";
 
 /** What a link needs from the role that owns it. */
 export interface LinkOwner {
   readonly retained: RetainedLog;
   readonly zstd: Zstd;
-  readonly token: string;
+  /** What this role presents to its peers (token, client certificate). */
+  readonly auth: PeerAuth;
   readonly blockSize: number;
   /** Whether acks at `durable` are needed (the peer then fsyncs). */
   readonly durable: boolean;
@@ -64,15 +70,28 @@ export interface LinkStatus {
   sentEpoch: number;
   lag: number;
   bytesSent: number;
+  /** Bytes sent and not yet acknowledged. */
+  unackedBytes: number;
+  /** Whether sending waits for acks (the send buffer is full). */
+  throttled: boolean;
   connects: number;
   baseSyncs: number;
   baseSync: BaseProgress | null;
   lastError: string | null;
 }
 
+/** Default of {@linkcode PeerLinkOptions.sendBufferBytes}. */
+export const DEFAULT_SEND_BUFFER_BYTES = 64 << 20;
+
 /** Options of {@linkcode PeerLink}. */
 export interface PeerLinkOptions {
   transport?: TransportOptions;
+  /**
+   * Bytes of frames sent and not yet acknowledged (at any level) before the
+   * link waits for acks (default {@linkcode DEFAULT_SEND_BUFFER_BYTES}); at
+   * least one epoch is always let through.
+   */
+  sendBufferBytes?: number;
   /** First reconnect delay; doubles up to `maxBackoffMs`. */
   backoffMs?: number;
   maxBackoffMs?: number;
@@ -88,6 +107,12 @@ export class PeerLink {
   baseSyncs = 0;
   baseSync: BaseProgress | null = null;
   lastError: string | null = null;
+  /** Whether the link is waiting for acks before it sends more. */
+  throttled = false;
+  /** Epochs sent and not yet acknowledged, oldest first, with their bytes. */
+  #unacked: { epoch: number; bytes: number }[] = [];
+  #unackedBytes = 0;
+  #ackWaiters: (() => void)[] = [];
   #conn: Connection | null = null;
   #stopped = false;
   #run: Promise<void> | null = null;
@@ -109,6 +134,7 @@ export class PeerLink {
     this.#stopped = true;
     this.state = "stopped";
     this.#wakeSleep?.();
+    this.#wakeAckWaiters();
     this.owner.retained.wakeAll();
     await this.#conn?.close();
     await this.#run;
@@ -129,6 +155,8 @@ export class PeerLink {
       sentEpoch: this.sentEpoch,
       lag: Math.max(0, last - this.acks.epochs[0]),
       bytesSent: this.bytesSent,
+      unackedBytes: this.#unackedBytes,
+      throttled: this.throttled,
       connects: this.connects,
       baseSyncs: this.baseSyncs,
       baseSync: this.baseSync,
@@ -185,13 +213,15 @@ export class PeerLink {
       if (this.#stopped) return;
       images = owner.images();
     }
+    const auth = await owner.auth.proof(serverNameOf(this.url));
     await conn.send(encodeControl({
       type: "hello",
-      token: owner.token,
+      token: owner.auth.token,
       images,
       epoch: owner.retained.last,
       blockSize: owner.blockSize,
       durable: owner.durable,
+      ...(auth ? { auth } : {}),
     }));
     const state = await this.#receiveState(conn);
     this.lastError = null;
@@ -208,6 +238,7 @@ export class PeerLink {
           if (bytes === null) break;
           const m = isControl(bytes) ? decodeControl(bytes) : null;
           if (m?.type === "ack") {
+            this.#acked(m.epoch);
             if (this.acks.record(m.epoch, m.level)) owner.onAck(this);
           } else if (m?.type === "error") {
             throw new Error(`peer refused: ${m.message}`);
@@ -222,8 +253,12 @@ export class PeerLink {
       } finally {
         readerDone = true;
         owner.retained.wakeAll();
+        this.#wakeAckWaiters();
       }
     })();
+    this.#unacked = [];
+    this.#unackedBytes = 0;
+    const cap = this.options.sendBufferBytes ?? DEFAULT_SEND_BUFFER_BYTES;
 
     try {
       let next = this.#catchUpFrom(state, images);
@@ -232,7 +267,20 @@ export class PeerLink {
       while (!this.#stopped && !readerDone) {
         const changed = owner.retained.changed();
         while (next <= owner.retained.last && !readerDone) {
-          const entry = owner.retained.get(next);
+          let entry = owner.retained.get(next);
+          // The send buffer: wait for acks rather than hand more to a peer
+          // that has not taken what it got.
+          while (
+            entry && this.#unackedBytes > 0 &&
+            this.#unackedBytes + entry.bytes > cap &&
+            !readerDone && !this.#stopped
+          ) {
+            this.throttled = true;
+            await new Promise<void>((r) => this.#ackWaiters.push(r));
+            entry = owner.retained.get(next);
+          }
+          this.throttled = false;
+          if (readerDone || this.#stopped) break;
           if (!entry) {
             // Fell out of the retained log while behind.
             owner.note(
@@ -242,6 +290,8 @@ export class PeerLink {
             this.state = "live";
             continue;
           }
+          this.#unacked.push({ epoch: next, bytes: entry.bytes });
+          this.#unackedBytes += entry.bytes;
           for (const f of entry.frames) {
             await conn.send(f);
             this.bytesSent += f.length;
@@ -263,6 +313,22 @@ export class PeerLink {
     }
     if (closedBy) throw closedBy;
     if (!this.#stopped) throw new Error("peer closed the connection");
+  }
+
+  /** The peer took everything up to `epoch`: those bytes leave the send buffer. */
+  #acked(epoch: number): void {
+    let freed = false;
+    while (this.#unacked.length && this.#unacked[0].epoch <= epoch) {
+      this.#unackedBytes -= this.#unacked.shift()!.bytes;
+      freed = true;
+    }
+    if (freed) this.#wakeAckWaiters();
+  }
+
+  #wakeAckWaiters(): void {
+    const w = this.#ackWaiters;
+    this.#ackWaiters = [];
+    for (const r of w) r();
   }
 
   async #receiveState(conn: Connection): Promise<State> {

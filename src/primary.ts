@@ -6,6 +6,7 @@
  * @module
  */
 
+import { PeerAuth } from "./peer_auth.ts";
 import { EpochEncoder } from "./encoder.ts";
 import type { Level } from "./level.ts";
 import type { Source } from "./source.ts";
@@ -32,8 +33,8 @@ export interface PrimaryOptions {
   level?: Level;
   /** Checkpoint every this many ms; null: only on demand. Default 1000. */
   intervalMs?: number | null;
-  /** Shared token peers must present. Default "". */
-  token?: string;
+  /** Token and certificates: what peers must present, and what this role presents. Default: none. */
+  auth?: PeerAuth;
   /** Bound of the retained log in bytes. Default 256 MiB. */
   logBytes?: number;
   /** Epochs encoded but not committed before capturing waits. Default 16. */
@@ -82,7 +83,7 @@ export class Primary implements LinkOwner {
   readonly retained: RetainedLog;
   readonly encoder: EpochEncoder;
   readonly zstd: Zstd;
-  readonly token: string;
+  readonly auth: PeerAuth;
   readonly blockSize: number;
   readonly durable: boolean;
   readonly policy: AckPolicy;
@@ -115,7 +116,7 @@ export class Primary implements LinkOwner {
       level: options.level ?? "fast",
     });
     this.zstd = this.encoder.zstd;
-    this.token = options.token ?? "";
+    this.auth = options.auth ?? PeerAuth.none();
     this.blockSize = this.encoder.hasher.blockSize;
     this.durable = this.policy.level === AckLevel.durable;
     this.#note = options.note ?? ((l) => console.error(l));

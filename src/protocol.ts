@@ -12,7 +12,7 @@
  *
  * The conversation, upstream → downstream unless marked:
  *
- *     HELLO  {token, images, epoch, blockSize, durable}
+ *     HELLO  {token, images, epoch, blockSize, durable, auth?}
  *     STATE  {epoch, images (with digests), level}     downstream → upstream
  *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
  *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
@@ -51,6 +51,21 @@ export interface ImageDigestInfo extends ImageInfo {
   digestHi: number;
 }
 
+/**
+ * An upstream's proof that it holds a certificate (mutual TLS done inside
+ * the TLS channel, see `peer_auth.ts`): a signature with the certificate's
+ * key over the server name it dialed, the time and a nonce.
+ */
+export interface HelloAuth {
+  /** PEM: the upstream's certificate first. */
+  chain: string;
+  serverName: string;
+  /** ms since the epoch, the signer's clock. */
+  time: number;
+  nonce: Uint8Array;
+  signature: Uint8Array;
+}
+
 /** Upstream introduces itself and what it replicates. */
 export interface Hello {
   type: "hello";
@@ -61,6 +76,8 @@ export interface Hello {
   blockSize: number;
   /** Whether upstream needs durable acks (the downstream then fsyncs). */
   durable: boolean;
+  /** Present when the upstream has a certificate. */
+  auth?: HelloAuth;
 }
 
 /** Downstream's committed state: where catch-up starts. */
@@ -240,6 +257,18 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
           isUint(b.blockSize) && typeof b.durable === "boolean",
         "hello needs token, epoch, blockSize and durable",
       );
+      if (b.auth !== undefined) {
+        const a = b.auth as Record<string, unknown>;
+        need(
+          typeof a === "object" && a !== null &&
+            typeof a.chain === "string" && a.chain.length <= 64 << 10 &&
+            typeof a.serverName === "string" && a.serverName.length <= 255 &&
+            isUint(a.time) && a.nonce instanceof Uint8Array &&
+            a.nonce.length === 16 && a.signature instanceof Uint8Array &&
+            a.signature.length <= 1024,
+          "hello auth needs chain (PEM, at most 64 KiB), serverName, time, a 16-byte nonce and a signature",
+        );
+      }
       checkImages(b.images, false, "hello");
       break;
     case "state":

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { PeerAuth } from "./peer_auth.ts";
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import type { AppliedEpoch } from "./decoder.ts";
@@ -47,8 +48,8 @@ export interface RelayOptions {
   to: string[];
   /** Default: all peers, at applied. */
   ack?: AckPolicy;
-  /** Token upstream must present, and the relay presents downstream. Default "". */
-  token?: string;
+  /** Token and certificates: what peers must present, and what this role presents. Default: none. */
+  auth?: PeerAuth;
   /** Bound of the retained log in bytes. Default 256 MiB. */
   logBytes?: number;
   transport?: TransportOptions;
@@ -68,7 +69,7 @@ export interface RelayOptions {
  */
 export class Relay implements LinkOwner, ReplicaHooks {
   readonly role = "relay";
-  readonly token: string;
+  readonly auth: PeerAuth;
   readonly retained: RetainedLog;
   readonly zstd: Zstd;
   readonly policy: AckPolicy;
@@ -88,7 +89,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
   #note: (line: string) => void;
 
   private constructor(readonly url: string, readonly options: RelayOptions) {
-    this.token = options.token ?? "";
+    this.auth = options.auth ?? PeerAuth.none();
     this.policy = options.ack ?? {
       who: { kind: "all" },
       level: AckLevel.applied,

@@ -12,8 +12,9 @@ import {
   last,
   list,
   onSignal,
+  peerAuth,
+  sendBufferBytes,
   serveControl,
-  token,
   transportOptions,
 } from "../src/_role_cli.ts";
 import { Backup, type PromoteOptions } from "../src/backup.ts";
@@ -87,6 +88,8 @@ await runMain(USAGE, async () => {
   if (!listen) throw new UsageError("--listen is required");
   if (!store) throw new UsageError("--store is required");
   const transport = transportOptions(args);
+  const auth = await peerAuth(args, transport);
+  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
   const intervalText = last(args, "interval") ?? "1000";
   const fallback: PromoteOptions = {
     to: list(args, "to"),
@@ -97,8 +100,8 @@ await runMain(USAGE, async () => {
       ? null
       : intOption(intervalText, "interval", 1),
     level: parseLevel(last(args, "level") ?? "fast"),
-    token: token(args),
-    link: { transport },
+    auth,
+    link,
   };
   let backup: Backup | null = null;
   const target = () => {
@@ -118,7 +121,7 @@ await runMain(USAGE, async () => {
   backup = await Backup.open({
     listen,
     store,
-    token: token(args),
+    auth,
     transport: { ...transport, app: shared ? app! : undefined },
   });
   const b = backup;

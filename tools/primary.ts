@@ -19,8 +19,9 @@ import {
   last,
   list,
   onSignal,
+  peerAuth,
+  sendBufferBytes,
   serveControl,
-  token,
   transportOptions,
 } from "../src/_role_cli.ts";
 import { parseLevel } from "../src/level.ts";
@@ -92,6 +93,8 @@ await runMain(USAGE, async () => {
     ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
     : undefined;
   const transport = transportOptions(args);
+  const auth = await peerAuth(args, transport);
+  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
   let primary: Primary | null = null;
   const { app } = controlApp(args, () => primary!);
   const source = await openSources(sources);
@@ -100,9 +103,9 @@ await runMain(USAGE, async () => {
     ack: policy,
     level,
     intervalMs,
-    token: token(args),
+    auth,
     logBytes,
-    link: { transport },
+    link,
   });
   const p = primary;
   const server = await serveControl(args, app);

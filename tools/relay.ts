@@ -12,8 +12,9 @@ import {
   last,
   list,
   onSignal,
+  peerAuth,
+  sendBufferBytes,
   serveControl,
-  token,
   transportOptions,
 } from "../src/_role_cli.ts";
 import { Relay } from "../src/relay.ts";
@@ -54,18 +55,20 @@ await runMain(USAGE, async () => {
   if (to.length === 0) throw new UsageError("--to is required");
   const policy = ackPolicy(args);
   const transport = transportOptions(args);
+  const auth = await peerAuth(args, transport);
+  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
   let relay: Relay | null = null;
   const { app, shared } = controlApp(args, () => relay!, listen);
   relay = await Relay.open({
     listen,
     to,
     ack: policy,
-    token: token(args),
+    auth,
     logBytes: last(args, "log-bytes")
       ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
       : undefined,
     transport: { ...transport, app: shared ? app! : undefined },
-    link: { transport },
+    link,
   });
   const r = relay;
   const server = await serveControl(args, app);
