@@ -43,10 +43,11 @@ Logs one line per committed epoch.
 SOURCE (several --source make several images, one epoch across all):
         qemu:QMP_SOCKET?mem=PATH (a live QEMU guest whose RAM is the shared
           memory-backend-file PATH; paused with QMP stop/cont per capture),
-        proc:PID[?size=SIZE] (a live process's writable memory, stopped with
-          SIGSTOP/SIGCONT per capture; images proc-PID and proc-PID.layout),
+        proc:PID[?size=SIZE&dirty=auto|scan] (a live process's writable
+          memory, stopped with SIGSTOP/SIGCONT per capture; images proc-PID
+          and proc-PID.layout; soft-dirty pages only where the kernel has them),
         file:PATH (a file or device),
-        series:DIR (an image series, one image per epoch) or
+        series:DIR (a recording by record: one epoch per capture) or
         synthetic:SPEC (e.g. synthetic:images=3,size=16M,seed=1,dirty=0.02)
 URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH, wss://…
 
