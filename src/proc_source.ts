@@ -388,13 +388,14 @@ export class ProcSource implements Source {
         if (hints && stayed && pagemap) {
           readDirty(
             mem,
+            this.process.pid,
             pagemap,
             p.start,
             dst,
             (off, n) => mark(p.at + off, n),
           );
         } else {
-          readMemory(mem, p.start, dst);
+          readMemory(mem, this.process.pid, p.start, dst);
           mark(p.at, p.room);
         }
         // The page tail past the mapping's end stays zero.
@@ -451,6 +452,7 @@ export class ProcSource implements Source {
 /** Reads only the soft-dirty pages of the mapping at `addr`; `wrote(offset, length)` for each run. */
 function readDirty(
   mem: Deno.FsFile,
+  pid: number,
   pagemap: Deno.FsFile,
   addr: number,
   dst: Uint8Array,
@@ -474,7 +476,7 @@ function readDirty(
     let e = p + 1;
     while (e < pages && (entries[e] & SOFT_DIRTY_BIT) !== 0n) e++;
     const off = p * PAGE, end = Math.min(e * PAGE, dst.length);
-    readMemory(mem, addr + off, dst.subarray(off, end));
+    readMemory(mem, pid, addr + off, dst.subarray(off, end));
     wrote(off, end - off);
     p = e;
   }

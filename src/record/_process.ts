@@ -7,6 +7,8 @@
  * @module
  */
 
+import { processVmRead } from "./_vm_read.ts";
+
 /** A live process by PID. */
 export class ProcessHandle {
   constructor(readonly pid: number, readonly stopTimeoutMs = 5000) {}
@@ -120,16 +122,19 @@ export function stateOf(stat: string): string {
 const MEM_READ_BYTES = 16 << 20;
 
 /**
- * Reads `dst.length` bytes at address `addr` from an open `/proc/PID/mem`,
- * synchronously: the process is stopped, so per-call latency matters more
- * than keeping the event loop free.
+ * Reads `dst.length` bytes at address `addr` of process `pid`, synchronously
+ * (the process is stopped, so per-call latency matters more than keeping the
+ * event loop free): with `process_vm_readv` where it works, then from the
+ * open `/proc/PID/mem` for whatever it did not copy, which also throws the
+ * precise error for memory that cannot be read.
  */
 export function readMemory(
   mem: Deno.FsFile,
+  pid: number,
   addr: number,
   dst: Uint8Array,
 ): void {
-  for (let done = 0; done < dst.length;) {
+  for (let done = processVmRead(pid, addr, dst); done < dst.length;) {
     mem.seekSync(addr + done, Deno.SeekMode.Start);
     const n = mem.readSync(
       dst.subarray(done, Math.min(dst.length, done + MEM_READ_BYTES)),

@@ -207,7 +207,8 @@ export class ProcMemoryCapture {
     let missingBytes = 0;
     const examples: string[] = [];
     using mem = await this.#process.openProc("mem");
-    const read = (addr: number, dst: Uint8Array) => readMemory(mem, addr, dst);
+    const read = (addr: number, dst: Uint8Array) =>
+      readMemory(mem, this.pid, addr, dst);
     let j = 0; // index into maps (sorted by start)
     for (const r of layout) {
       const dst = buf.subarray(r.imageOffset, r.imageOffset + r.end - r.start);
