@@ -7,7 +7,11 @@ import {
   type TransportOptions,
 } from "./transport.ts";
 import { PeerAuth, readTokenFile } from "./peer_auth.ts";
-import { DEFAULT_SEND_BUFFER_BYTES } from "./peer_link.ts";
+import {
+  DEFAULT_PEER_TIMEOUT_MS,
+  DEFAULT_SEND_BUFFER_BYTES,
+  type PeerLinkOptions,
+} from "./peer_link.ts";
 import {
   type ControlTarget,
   createControlApp,
@@ -28,6 +32,7 @@ export const COMMON_VALUED = [
   "ca",
   "max-frame-bytes",
   "send-buffer-bytes",
+  "peer-timeout-ms",
 ];
 
 /** Help text for the common options. */
@@ -50,6 +55,9 @@ export const COMMON_HELP =
   --send-buffer-bytes N  per peer, bytes sent and not yet acknowledged before
                     sending waits (default ${DEFAULT_SEND_BUFFER_BYTES}); a peer that
                     stays behind falls out of the retained log and is base-synced
+  --peer-timeout-ms MS  a peer that sends nothing (no ack, no answer to the
+                    PINGs sent after 1 s of quiet) for this long is taken for
+                    gone and reconnected (default ${DEFAULT_PEER_TIMEOUT_MS})
   Refused peers are logged and counted (/metrics patchwire_upstream_refused_total).
   --help            this text`;
 
@@ -93,10 +101,22 @@ export function transportOptions(args: ParsedArgs): TransportOptions {
   };
 }
 
-/** --send-buffer-bytes, or the default. */
-export function sendBufferBytes(args: ParsedArgs): number {
-  const v = last(args, "send-buffer-bytes");
-  return v ? intOption(v, "send-buffer-bytes", 1) : DEFAULT_SEND_BUFFER_BYTES;
+/** Peer link options: the transport, --send-buffer-bytes and --peer-timeout-ms. */
+export function linkOptions(
+  args: ParsedArgs,
+  transport: TransportOptions,
+): PeerLinkOptions {
+  const buffer = last(args, "send-buffer-bytes");
+  const timeout = last(args, "peer-timeout-ms");
+  return {
+    transport,
+    sendBufferBytes: buffer
+      ? intOption(buffer, "send-buffer-bytes", 1)
+      : DEFAULT_SEND_BUFFER_BYTES,
+    peerTimeoutMs: timeout
+      ? intOption(timeout, "peer-timeout-ms", 100)
+      : DEFAULT_PEER_TIMEOUT_MS,
+  };
 }
 
 /** The token from --token-file or $PATCHWIRE_TOKEN ("" for none). */

@@ -26,6 +26,8 @@ import { BaseReceiver } from "./base_sync.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
 import type { PeerAuth, RefusalReason } from "./peer_auth.ts";
 
+const PONG = encodeControl({ type: "pong" });
+
 /** True for a codec frame of type COMMIT (msgpack: fixarray, "PWR", version, flags, type). */
 function isCommitFrame(bytes: Uint8Array): boolean {
   return bytes.length > 7 && bytes[7] === FrameType.COMMIT;
@@ -63,7 +65,11 @@ export interface ReplicaHooks {
    * CPU with theirs on the way to the commit. Epochs still decode in order.
    */
   decodeDue?(epoch: number): Promise<void>;
-  /** Ack `received` as soon as an epoch's COMMIT frame arrives, before decoding it (a backup; a relay acks per its policy). */
+  /**
+   * Ack `received` as soon as an epoch's COMMIT frame arrives, before
+   * decoding it, when the upstream asks for that level (a backup; a relay
+   * acks per its policy).
+   */
   readonly receivedAck?: boolean;
   /** Optional: an epoch was rejected; the replica stays at `epoch`. */
   rejected?(epoch: number): void;
@@ -153,9 +159,17 @@ export class UpstreamServer {
   }
 
   /** Acks `epoch` at `level` to the current upstream, if any (lost acks are re-earned after a reconnect). */
-  async ack(epoch: number, level: AckLevel): Promise<void> {
+  ack(epoch: number, level: AckLevel): Promise<void> {
+    return this.#tell(encodeControl({ type: "ack", epoch, level }));
+  }
+
+  /** When this replica last sent its upstream anything (ms, performance.now()). */
+  #lastSent = 0;
+
+  async #tell(message: Uint8Array): Promise<void> {
+    this.#lastSent = performance.now();
     try {
-      await this.#conn?.send(encodeControl({ type: "ack", epoch, level }));
+      await this.#conn?.send(message);
     } catch {
       // The connection broke; the upstream reconnects and learns our state.
     }
@@ -287,12 +301,17 @@ export class UpstreamServer {
         const bytes = await conn.receive();
         if (bytes === null || deferredError) break;
         this.bytesReceived += bytes.length;
+        // Unasked PONGs while data arrives and no ack is due: the upstream
+        // then knows a long transfer (a base sync, a big epoch) is alive.
+        if (performance.now() - this.#lastSent >= 1000) {
+          await this.#tell(PONG);
+        }
         if (isFrame(bytes)) {
           frames.push(bytes);
           if (isCommitFrame(bytes)) {
             const commit = decodeFrame(bytes);
             if (commit.type === FrameType.COMMIT) {
-              if (this.hooks.receivedAck) {
+              if (this.hooks.receivedAck && hello.level === AckLevel.received) {
                 // Protocol A: every frame of the epoch is here (not yet verified).
                 await this.ack(commit.epoch, AckLevel.received);
               }
@@ -340,9 +359,13 @@ export class UpstreamServer {
           }
           continue;
         }
-        // Control messages act on the replica as decoded so far.
-        if (!await settle()) break;
         const m = decodeControl(bytes);
+        if (m.type === "ping") {
+          await this.#tell(PONG);
+          continue;
+        }
+        // Other control messages act on the replica as decoded so far.
+        if (!await settle()) break;
         if (m.type === "base") {
           base.add(m as Base);
         } else if (m.type === "base_end") {

@@ -19,6 +19,7 @@ import type { Connection, TransportOptions } from "./transport.ts";
 import { PeerAcks } from "./ack_policy.ts";
 import {
   ACK_LEVEL_NAMES,
+  type AckLevel,
   decodeControl,
   encodeControl,
   type ImageDigestInfo,
@@ -40,6 +41,8 @@ export interface LinkOwner {
   readonly blockSize: number;
   /** Whether acks at `durable` are needed (the peer then fsyncs). */
   readonly durable: boolean;
+  /** The lowest ack level this role's policy needs (the peer acks nothing below it). */
+  readonly ackLevel: AckLevel;
   /** The images replicated, or null while unknown (a relay before its first upstream). */
   images(): ImageInfo[] | null;
   /** The images frozen at the newest epoch, for a base sync. */
@@ -80,6 +83,9 @@ export interface LinkStatus {
   lastError: string | null;
 }
 
+/** Default of {@linkcode PeerLinkOptions.peerTimeoutMs}. */
+export const DEFAULT_PEER_TIMEOUT_MS = 10_000;
+
 /** Default of {@linkcode PeerLinkOptions.sendBufferBytes}. */
 export const DEFAULT_SEND_BUFFER_BYTES = 64 << 20;
 
@@ -92,6 +98,15 @@ export interface PeerLinkOptions {
    * least one epoch is always let through.
    */
   sendBufferBytes?: number;
+  /**
+   * A connected peer that sends nothing (no ack, no PONG) for this long is
+   * taken for gone: the link closes and reconnects, instead of waiting out
+   * TCP's retransmissions across a partition. Default
+   * {@linkcode DEFAULT_PEER_TIMEOUT_MS}.
+   */
+  peerTimeoutMs?: number;
+  /** A PING goes out after this long without word from the peer. Default 1000. */
+  keepaliveMs?: number;
   /** First reconnect delay; doubles up to `maxBackoffMs`. */
   backoffMs?: number;
   maxBackoffMs?: number;
@@ -213,6 +228,60 @@ export class PeerLink {
       if (this.#stopped) return;
       images = owner.images();
     }
+    // Liveness: a peer that says nothing for the timeout is taken for gone
+    // (a partition); the PINGs after the handshake make it answer when no
+    // ack is due.
+    let closedBy: Error | null = null;
+    let lastHeard = performance.now(), pinged = false, live = false;
+    const timeoutMs = this.options.peerTimeoutMs ?? DEFAULT_PEER_TIMEOUT_MS;
+    const keepaliveMs = Math.min(this.options.keepaliveMs ?? 1000, timeoutMs);
+    const watchdog = setInterval(() => {
+      const quiet = performance.now() - lastHeard;
+      if (quiet > timeoutMs) {
+        closedBy ??= new Error(
+          `no word from the peer for ${
+            (quiet / 1000).toFixed(1)
+          } s (timeout ${timeoutMs} ms): reconnecting`,
+        );
+        conn.close();
+      } else if (live && !pinged && quiet >= keepaliveMs) {
+        pinged = true;
+        conn.send(encodeControl({ type: "ping" })).catch(() => {});
+      }
+    }, keepaliveMs / 2);
+    try {
+      await this.#live(
+        conn,
+        images,
+        () => {
+          lastHeard = performance.now();
+          pinged = false;
+        },
+        () => live = true,
+        (e) => closedBy ??= e,
+      );
+    } catch (e) {
+      throw closedBy ?? e;
+    } finally {
+      clearInterval(watchdog);
+    }
+    if (closedBy) throw closedBy;
+    if (!this.#stopped) throw new Error("peer closed the connection");
+  }
+
+  /**
+   * The handshake, then the stream. `heard` is called for every message from
+   * the peer, `handshaken` once its state is in, `failed` with what ended the
+   * session from the reading side.
+   */
+  async #live(
+    conn: Connection,
+    images: ImageInfo[],
+    heard: () => void,
+    handshaken: () => void,
+    failed: (e: Error) => void,
+  ): Promise<void> {
+    const owner = this.owner;
     const auth = await owner.auth.proof(serverNameOf(this.url));
     await conn.send(encodeControl({
       type: "hello",
@@ -221,22 +290,26 @@ export class PeerLink {
       epoch: owner.retained.last,
       blockSize: owner.blockSize,
       durable: owner.durable,
+      level: owner.ackLevel,
       ...(auth ? { auth } : {}),
     }));
     const state = await this.#receiveState(conn);
+    heard();
+    handshaken();
     this.lastError = null;
     // What the peer holds now is all its acks mean (it may have restarted empty).
     this.acks.reset(0);
 
     // Acks arrive independently of sending.
-    let closedBy: Error | null = null;
     let readerDone = false;
     const reader = (async () => {
       try {
         for (;;) {
           const bytes = await conn.receive();
           if (bytes === null) break;
+          heard();
           const m = isControl(bytes) ? decodeControl(bytes) : null;
+          if (m?.type === "pong") continue;
           if (m?.type === "ack") {
             this.#acked(m.epoch);
             if (this.acks.record(m.epoch, m.level)) owner.onAck(this);
@@ -249,7 +322,7 @@ export class PeerLink {
           }
         }
       } catch (e) {
-        closedBy = e as Error;
+        failed(e as Error);
       } finally {
         readerDone = true;
         owner.retained.wakeAll();
@@ -311,8 +384,6 @@ export class PeerLink {
       await conn.close();
       await reader;
     }
-    if (closedBy) throw closedBy;
-    if (!this.#stopped) throw new Error("peer closed the connection");
   }
 
   /** The peer took everything up to `epoch`: those bytes leave the send buffer. */

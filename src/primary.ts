@@ -22,6 +22,7 @@ import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
 import type { BaseSnapshot } from "./base_sync.ts";
 import type { Zstd } from "./compress/zstd.ts";
 import { SampleWindow } from "./_window.ts";
+import { faultPoint } from "./_fault.ts";
 
 /** Options of {@linkcode Primary}. */
 export interface PrimaryOptions {
@@ -86,6 +87,7 @@ export class Primary implements LinkOwner {
   readonly auth: PeerAuth;
   readonly blockSize: number;
   readonly durable: boolean;
+  readonly ackLevel: AckLevel;
   readonly policy: AckPolicy;
   readonly links: PeerLink[];
   readonly pauses = new SampleWindow();
@@ -119,6 +121,7 @@ export class Primary implements LinkOwner {
     this.auth = options.auth ?? PeerAuth.none();
     this.blockSize = this.encoder.hasher.blockSize;
     this.durable = this.policy.level === AckLevel.durable;
+    this.ackLevel = this.policy.level;
     this.#note = options.note ?? ((l) => console.error(l));
     if (options.seed) {
       this.encoder.seed(options.seed.epoch, options.seed.contents);
@@ -186,6 +189,7 @@ export class Primary implements LinkOwner {
       this.encoder.captureBuffers,
       dirtyPages,
     );
+    faultPoint("primary.encoded");
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     this.retained.append({ epoch, frames, bytes, images: this.#digests() });
     this.pauses.add(pauseMs);
@@ -249,6 +253,7 @@ export class Primary implements LinkOwner {
     );
     if (c <= this.committed) return;
     this.committed = c;
+    faultPoint("primary.committing");
     const now = performance.now();
     while (this.#inFlight.length && this.#inFlight[0].epoch <= c) {
       const f = this.#inFlight.shift()!;

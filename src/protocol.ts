@@ -12,13 +12,24 @@
  *
  * The conversation, upstream → downstream unless marked:
  *
- *     HELLO  {token, images, epoch, blockSize, durable, auth?}
+ *     HELLO  {token, images, epoch, blockSize, durable, level, auth?}
  *     STATE  {epoch, images (with digests), level}     downstream → upstream
  *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
  *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
  *             then frames from BASE_END.epoch + 1
  *     ACK    {epoch, level}                            downstream → upstream, any time
+ *     PING   {}                                        upstream → downstream, any time
+ *     PONG   {}                                        downstream → upstream: answers a
+ *                                                      PING, and is sent unasked at most
+ *                                                      once a second while data arrives
  *     ERROR  {message}                                 either way, then close
+ *
+ * PING and PONG tell the upstream its peer is alive when no ack is due (an
+ * idle link, a long base sync): a link that hears nothing for its timeout
+ * is closed and reconnected, rather than waiting out TCP's retransmissions.
+ * A downstream acks only at the levels HELLO's `level` asks for and above
+ * (a `received` ack nobody needs would be a second small write per epoch,
+ * which TLS listeners, without TCP_NODELAY, hold back for a round trip).
  * @module
  */
 
@@ -28,7 +39,7 @@ import { Unpackr } from "msgpackr/unpack";
 /** Control message magic. */
 export const CONTROL_MAGIC = "PWC";
 /** Control protocol version this build speaks. */
-export const CONTROL_VERSION = 1;
+export const CONTROL_VERSION = 2;
 
 /** How far a peer has taken an epoch; higher levels imply the lower ones. */
 export const AckLevel = { received: 0, applied: 1, durable: 2 } as const;
@@ -76,6 +87,8 @@ export interface Hello {
   blockSize: number;
   /** Whether upstream needs durable acks (the downstream then fsyncs). */
   durable: boolean;
+  /** The lowest ack level the upstream's policy needs. */
+  level: AckLevel;
   /** Present when the upstream has a certificate. */
   auth?: HelloAuth;
 }
@@ -120,6 +133,16 @@ export interface Ack {
   level: AckLevel;
 }
 
+/** Upstream asks whether its peer is alive. */
+export interface Ping {
+  type: "ping";
+}
+
+/** Downstream is alive (the answer to a PING, or unasked while receiving). */
+export interface Pong {
+  type: "pong";
+}
+
 /** The sender refuses to go on, and says why. */
 export interface ErrorMessage {
   type: "error";
@@ -133,6 +156,8 @@ export type ControlMessage =
   | Base
   | BaseEnd
   | Ack
+  | Ping
+  | Pong
   | ErrorMessage;
 
 const TYPE_CODES = {
@@ -142,6 +167,8 @@ const TYPE_CODES = {
   base_end: 4,
   ack: 5,
   error: 6,
+  ping: 7,
+  pong: 8,
 } as const;
 const TYPE_NAMES = Object.fromEntries(
   Object.entries(TYPE_CODES).map(([k, v]) => [v, k]),
@@ -243,7 +270,7 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
   const type = TYPE_NAMES[code as number];
   need(
     type !== undefined,
-    `unknown control message type ${code}, expected 1..6`,
+    `unknown control message type ${code}, expected 1..8`,
   );
   need(
     typeof body === "object" && body !== null,
@@ -254,8 +281,9 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
     case "hello":
       need(
         typeof b.token === "string" && isUint(b.epoch) &&
-          isUint(b.blockSize) && typeof b.durable === "boolean",
-        "hello needs token, epoch, blockSize and durable",
+          isUint(b.blockSize) && typeof b.durable === "boolean" &&
+          (b.level === 0 || b.level === 1 || b.level === 2),
+        "hello needs token, epoch, blockSize, durable and level 0, 1 or 2",
       );
       if (b.auth !== undefined) {
         const a = b.auth as Record<string, unknown>;
@@ -297,6 +325,9 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
       break;
     case "error":
       need(typeof b.message === "string", "error needs a message");
+      break;
+    case "ping":
+    case "pong":
       break;
   }
   return { type, ...b } as ControlMessage;

@@ -10,6 +10,7 @@ import { PeerAuth } from "./peer_auth.ts";
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import type { AppliedEpoch } from "./decoder.ts";
+import { faultPoint } from "./_fault.ts";
 import { EpochDecoder } from "./decoder.ts";
 import {
   type AckPolicy,
@@ -74,6 +75,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
   readonly zstd: Zstd;
   readonly policy: AckPolicy;
   readonly durable: boolean;
+  readonly ackLevel: AckLevel;
   readonly links: PeerLink[];
   decoder: EpochDecoder | null = null;
   upstream!: UpstreamServer;
@@ -96,6 +98,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     };
     checkAckPolicy(this.policy, options.to.length);
     this.durable = this.policy.level === AckLevel.durable;
+    this.ackLevel = this.policy.level;
     this.retained = new RetainedLog(options.logBytes ?? 256 << 20);
     this.zstd = createZstd();
     this.#note = options.note ?? ((l) => console.error(l));
@@ -151,6 +154,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     this.decoder = fresh;
     this.#images = hello.images.map((i) => ({ id: i.id, size: i.size }));
     this.retained.restart(0, digestsOf(fresh));
+    for (const l of this.links) l.acks.reset(0);
     this.ackedUp.fill(0);
     return fresh;
   }
@@ -160,6 +164,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     frames: Uint8Array[],
     images: ImageDigestInfo[],
   ): void {
+    faultPoint("relay.forward");
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     this.retained.append({ epoch, frames, bytes, images });
   }
@@ -186,6 +191,8 @@ export class Relay implements LinkOwner, ReplicaHooks {
   ): AckLevel | null {
     this.decoder!.load(epoch, contents);
     this.retained.restart(epoch, images);
+    // The peers' acks were for the old log, maybe another history.
+    for (const l of this.links) l.acks.reset(0);
     this.ackedUp.fill(0);
     this.#ackUp();
     return null;

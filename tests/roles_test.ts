@@ -13,6 +13,7 @@ import { openSource } from "../src/open_source.ts";
 import { bytesEqual } from "../src/replay.ts";
 import type { TlsOptions } from "../src/transport.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
+import { Stallable } from "./_gate.ts";
 import {
   type CommitBody,
   decodeFrame,
@@ -652,6 +653,52 @@ Deno.test("without durable acks the store follows the replica in batches; with t
     }
   } finally {
     await durable.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a peer cut off without a word is noticed within the peer timeout, and caught up once it is back", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-liveness-" });
+  const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
+  const gate = new Stallable({
+    hostname: "127.0.0.1",
+    port: Number(new URL(b.url).port),
+  });
+  const p = await primaryTo([gate.url], {
+    link: {
+      peerTimeoutMs: 800,
+      keepaliveMs: 200,
+      backoffMs: 20,
+      maxBackoffMs: 100,
+    },
+    ack: policy({ kind: "none" }),
+  });
+  try {
+    await p.checkpoint();
+    await until(() => b.epoch === 1, "the first epoch");
+    // An idle link stays up: PINGs and PONGs keep it alive.
+    await new Promise((r) => setTimeout(r, 1200));
+    assertEquals(p.links[0].connects, 1, "no reconnect while idle");
+    gate.stall(); // nothing reaches the backup any more; it says nothing
+    await p.checkpoint();
+    await until(
+      () => /no word from the peer/.test(p.links[0].lastError ?? ""),
+      "the link to give the peer up",
+      5000,
+    );
+    assert(p.links[0].state !== "live", p.links[0].state);
+    gate.resume();
+    await p.checkpoint();
+    await until(() => b.epoch === p.encoder.epoch, "catch-up after the cut");
+    assertEquals(
+      p.links[0].baseSyncs,
+      0,
+      "from the retained log, no base sync",
+    );
+  } finally {
+    await p.stop();
+    gate.close();
     await b.close();
     await Deno.remove(dir, { recursive: true });
   }

@@ -10,10 +10,10 @@ import {
   COMMON_VALUED,
   controlApp,
   last,
+  linkOptions,
   list,
   onSignal,
   peerAuth,
-  sendBufferBytes,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -89,7 +89,7 @@ await runMain(USAGE, async () => {
   if (!store) throw new UsageError("--store is required");
   const transport = transportOptions(args);
   const auth = await peerAuth(args, transport);
-  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
+  const link = linkOptions(args, transport);
   const intervalText = last(args, "interval") ?? "1000";
   const fallback: PromoteOptions = {
     to: list(args, "to"),

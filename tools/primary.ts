@@ -17,10 +17,10 @@ import {
   COMMON_VALUED,
   controlApp,
   last,
+  linkOptions,
   list,
   onSignal,
   peerAuth,
-  sendBufferBytes,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -53,6 +53,9 @@ URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH,
 
   --level fast|max  codec operating point (default fast)
   --log-bytes N     retained log bound, bytes (default 268435456)
+  --max-in-flight N epochs encoded and not yet committed before the next
+                    capture waits (default 16; raise it on long, lossy links
+                    where commit latency exceeds 16 intervals)
   --epochs N        stop after N committed epochs (default: run until stopped)
 ${COMMON_HELP}`;
 
@@ -65,6 +68,7 @@ await runMain(USAGE, async () => {
     "ack-level",
     "level",
     "log-bytes",
+    "max-in-flight",
     "epochs",
     ...COMMON_VALUED,
   ], ["help"]);
@@ -95,7 +99,7 @@ await runMain(USAGE, async () => {
     : undefined;
   const transport = transportOptions(args);
   const auth = await peerAuth(args, transport);
-  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
+  const link = linkOptions(args, transport);
   let primary: Primary | null = null;
   const { app } = controlApp(args, () => primary!);
   const source = await openSources(sources);
@@ -106,6 +110,9 @@ await runMain(USAGE, async () => {
     intervalMs,
     auth,
     logBytes,
+    maxInFlight: last(args, "max-in-flight")
+      ? intOption(last(args, "max-in-flight")!, "max-in-flight", 1)
+      : undefined,
     link,
   });
   const p = primary;

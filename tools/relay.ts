@@ -10,10 +10,10 @@ import {
   COMMON_VALUED,
   controlApp,
   last,
+  linkOptions,
   list,
   onSignal,
   peerAuth,
-  sendBufferBytes,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -56,7 +56,7 @@ await runMain(USAGE, async () => {
   const policy = ackPolicy(args);
   const transport = transportOptions(args);
   const auth = await peerAuth(args, transport);
-  const link = { transport, sendBufferBytes: sendBufferBytes(args) };
+  const link = linkOptions(args, transport);
   let relay: Relay | null = null;
   const { app, shared } = controlApp(args, () => relay!, listen);
   relay = await Relay.open({
