@@ -62,6 +62,7 @@ import { BackupStore } from "./backup_store.ts";
 
 import { xxh32 } from "./checksum.ts";
 import { mapFile, type MappedFile } from "./_mmap.ts";
+import { faultPoint } from "./_fault.ts";
 
 /** One image of a stored checkpoint. */
 export interface StoredImage {
@@ -636,6 +637,7 @@ export class BackupStore {
     }
     j.set(textBytes, p);
     j.set(MAGIC, 0);
+    faultPoint("store.journal.unsealed");
     v.setUint32(total - 4, xxh32(j.subarray(0, total - 4)), true);
 
     this.#mutate("commitEpoch", () => {
@@ -649,9 +651,11 @@ export class BackupStore {
         }
       });
       crashPoint("journal");
+      faultPoint("store.journal.written");
       this.#applyRanges(cur, ranges, durable);
       this.#writeState(next, text, durable);
       crashPoint("state");
+      faultPoint("store.state.renamed");
       io("cannot clear journal", jpath, () => this.#clearJournal(false));
     });
   }
@@ -728,6 +732,7 @@ export class BackupStore {
         });
       });
       crashPoint("staged");
+      faultPoint("store.replace.staged");
       const record: SwitchRecord = {
         state: next,
         remove: old ? old.images.map((i) => i.id) : [],
@@ -742,6 +747,7 @@ export class BackupStore {
         durable,
       );
       crashPoint("switch");
+      faultPoint("store.replace.switched");
       this.#closeImages();
       this.#finishSwitch(record, durable);
       this.#openImages(next);
@@ -835,6 +841,7 @@ export class BackupStore {
     const half = ranges.length >> 1;
     ranges.forEach((r, i) => {
       if (i === half) crashPoint("some-images");
+      if (i === half) faultPoint("store.apply.mid");
       const path = this.#imagePath(state.images[r.slot].id);
       const map = this.#maps[r.slot];
       if (map) map.bytes.set(r.bytes, r.offset);
@@ -848,6 +855,7 @@ export class BackupStore {
       touched.add(r.slot);
     });
     if (sync) {
+      faultPoint("store.images.fsync");
       for (const s of touched) {
         io(
           "cannot fsync",
@@ -919,6 +927,7 @@ export class BackupStore {
         f.close();
       }
     });
+    faultPoint("store.rename.before");
     io("cannot rename into place", dst, () => Deno.renameSync(tmp, dst));
     // The rename (and earlier renames in DIR) must be on disk before anything depends on it.
     if (durable) this.#syncDir();

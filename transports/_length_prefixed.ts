@@ -25,6 +25,7 @@ import {
   DEFAULT_MAX_MESSAGE_BYTES,
   TransportError,
 } from "../src/transport.ts";
+import { faultPointAfter, faultsArmed } from "../src/_fault.ts";
 
 /** Bytes the read pump buffers ahead of `receive` before it stops reading. */
 export const READ_AHEAD_BYTES = 1 << 20;
@@ -224,6 +225,15 @@ export class LengthPrefixedConnection implements Connection {
       // Writes are sequential (#writeChain), so one frame buffer serves all;
       // no allocation per message.
       this.#frameView.setUint32(0, length);
+      if (faultsArmed) {
+        await faultPointAfter(
+          "send.mid-frame",
+          () =>
+            this.#duplex.write(this.#frame.subarray(0, 4)).then(() =>
+              this.#duplex.write(message.subarray(0, length >> 1))
+            ),
+        );
+      }
       if (length <= COALESCE_BYTES) {
         this.#frame.set(message, 4);
         await this.#duplex.write(this.#frame.subarray(0, 4 + length));
