@@ -31,6 +31,8 @@ function pem(label: string, der: ArrayBuffer): string {
 export interface DevCertOptions {
   /** Also for client authentication (mutual TLS). Default true. */
   clientAuth?: boolean;
+  /** More IP addresses the leaf names, beside 127.0.0.1 (peers dialed at them check it). */
+  ips?: string[];
 }
 
 /** Makes a fresh CA and leaf, valid from an hour ago for `days` days. */
@@ -88,7 +90,10 @@ export async function makeDevCerts(
       ),
       new x509.SubjectAlternativeNameExtension([
         { type: "dns", value: "localhost" },
-        { type: "ip", value: "127.0.0.1" },
+        ...["127.0.0.1", ...(options.ips ?? [])].map((value) => ({
+          type: "ip" as const,
+          value,
+        })),
       ]),
       await x509.AuthorityKeyIdentifierExtension.create(ca, false),
     ],

@@ -9,8 +9,7 @@
  * @module
  */
 
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { makeDevCerts } from "../src/_dev_certs.ts";
 import type { Wan, WanProcess } from "./wan.ts";
 
 /** The roles' command-line flags for credentials and the control plane. */
@@ -49,87 +48,6 @@ export interface Credentials {
   key: string;
 }
 
-const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
-
-function pem(label: string, der: ArrayBuffer): string {
-  const b64 = btoa(String.fromCharCode(...new Uint8Array(der)));
-  return `-----BEGIN ${label}-----\n${
-    (b64.match(/.{1,64}/g) ?? []).join("\n")
-  }\n-----END ${label}-----\n`;
-}
-
-/**
- * A CA and a leaf for server and client authentication whose names are
- * `ips` (and loopback), as src/_dev_certs.ts makes for loopback only: a
- * peer is dialed at its region address, and mutual TLS checks that name.
- */
-async function makeCerts(
-  ips: string[],
-): Promise<{ ca: string; cert: string; key: string }> {
-  x509.cryptoProvider.set(crypto);
-  const notBefore = new Date(Date.now() - 3600_000);
-  const notAfter = new Date(Date.now() + 7 * 86400_000);
-  const caKeys = await crypto.subtle.generateKey(ALG, true, ["sign", "verify"]);
-  const ca = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: "01",
-    name: "CN=patchwire WAN test CA",
-    notBefore,
-    notAfter,
-    signingAlgorithm: ALG,
-    keys: caKeys,
-    extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
-      new x509.KeyUsagesExtension(
-        x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
-        true,
-      ),
-      await x509.SubjectKeyIdentifierExtension.create(caKeys.publicKey),
-    ],
-  });
-  const leafKeys = await crypto.subtle.generateKey(ALG, true, [
-    "sign",
-    "verify",
-  ]);
-  const leaf = await x509.X509CertificateGenerator.create({
-    serialNumber: "02",
-    subject: "CN=patchwire WAN role",
-    issuer: ca.subject,
-    notBefore,
-    notAfter,
-    signingAlgorithm: ALG,
-    publicKey: leafKeys.publicKey,
-    signingKey: caKeys.privateKey,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(
-        x509.KeyUsageFlags.digitalSignature |
-          x509.KeyUsageFlags.keyEncipherment,
-        true,
-      ),
-      new x509.ExtendedKeyUsageExtension([
-        x509.ExtendedKeyUsage.serverAuth,
-        x509.ExtendedKeyUsage.clientAuth,
-      ]),
-      new x509.SubjectAlternativeNameExtension([
-        { type: "dns", value: "localhost" },
-        ...["127.0.0.1", ...ips].map((value) => ({
-          type: "ip" as const,
-          value,
-        })),
-      ]),
-      await x509.AuthorityKeyIdentifierExtension.create(ca, false),
-    ],
-  });
-  return {
-    ca: ca.toString("pem") + "\n",
-    cert: leaf.toString("pem") + "\n",
-    key: pem(
-      "PRIVATE KEY",
-      await crypto.subtle.exportKey("pkcs8", leafKeys.privateKey),
-    ),
-  };
-}
-
 /** Writes a token file (mode 600) and certificates naming `ips` into `dir`. */
 export async function makeCredentials(
   dir: string,
@@ -139,13 +57,14 @@ export async function makeCredentials(
   const tokenFile = `${dir}/token`;
   await Deno.writeTextFile(tokenFile, token + "\n", { mode: 0o600 });
   await Deno.chmod(tokenFile, 0o600); // the mode above is masked by the umask
-  const certs = await makeCerts(ips);
+  // Peers are dialed at their region addresses, and mutual TLS checks that name.
+  const certs = await makeDevCerts(7, { ips });
   const files = {
     ca: `${dir}/ca.pem`,
     cert: `${dir}/cert.pem`,
     key: `${dir}/key.pem`,
   };
-  await Deno.writeTextFile(files.ca, certs.ca);
+  await Deno.writeTextFile(files.ca, certs.caCert);
   await Deno.writeTextFile(files.cert, certs.cert);
   await Deno.writeTextFile(files.key, certs.key, { mode: 0o600 });
   return { token, tokenFile, ...files };
