@@ -24,7 +24,7 @@ import {
 } from "./protocol.ts";
 import { BaseReceiver } from "./base_sync.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
-import type { PeerAuth, RefusalReason } from "./peer_auth.ts";
+import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
 
 const PONG = encodeControl({ type: "pong" });
 
@@ -38,7 +38,12 @@ export interface ReplicaHooks {
   /** What an upstream must present. */
   readonly auth: PeerAuth;
   note(line: string): void;
-  /** The decoder for the images a HELLO names (the current one if they match, else a new all-zero one). */
+  /**
+   * The decoder for the images a HELLO names: the replica if they match,
+   * else a new all-zero candidate, which replaces the replica only once an
+   * epoch or a base sync of it verified (a HELLO is not checked: a wrong one
+   * must not cost the replica).
+   */
   prepare(hello: Hello): EpochDecoder;
   /** An epoch was verified and applied; returns the level to ack now, or null (the role acks later). */
   applied(
@@ -234,10 +239,17 @@ export class UpstreamServer {
         this.refused.protocol++;
         throw e;
       }
-      const verdict = await this.hooks.auth.check(
-        hello,
-        this.requireCertificate,
-      );
+      let verdict: AuthVerdict;
+      try {
+        verdict = await this.hooks.auth.check(hello, this.requireCertificate);
+      } catch (e) {
+        // Whatever a peer's credentials make the checks throw is a refusal.
+        verdict = {
+          ok: false,
+          reason: "certificate",
+          message: `credentials unreadable: ${(e as Error).message}`,
+        };
+      }
       if (!verdict.ok) {
         this.refused[verdict.reason]++;
         this.lastError = `refused: ${verdict.message}`;
@@ -256,6 +268,7 @@ export class UpstreamServer {
       this.connects++;
       this.durable = hello.durable;
       let decoder = this.hooks.prepare(hello);
+      decoder.discardPending();
       await conn.send(encodeControl({
         type: "state",
         epoch: decoder.epoch,
@@ -372,6 +385,7 @@ export class UpstreamServer {
           const contents = base.finish(m);
           const level = this.hooks.based(m.epoch, contents, m.images);
           decoder = this.hooks.prepare(hello);
+          decoder.discardPending();
           frames = [];
           this.hooks.note(`base sync of epoch ${m.epoch} installed`);
           if (level !== null) await this.ack(m.epoch, level);

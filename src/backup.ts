@@ -67,6 +67,8 @@ export class Backup implements ReplicaHooks {
   #note: (line: string) => void;
 
   #store: BackupStore;
+  /** A new lineage's replica, until an epoch or a base sync of it verified. */
+  #candidate: EpochDecoder | null = null;
   /** Set when a store write failed and the store was reopened (recovered). */
   #storeReopened = false;
   /** Per image, the pages applied in memory and not yet in the store. */
@@ -165,6 +167,11 @@ export class Backup implements ReplicaHooks {
         digestHi: digests[s].hi,
       }));
       try {
+        if (decoder === this.#candidate) {
+          // A new lineage's first verified epoch: it is the replica now.
+          this.decoder = decoder;
+          this.#candidate = null;
+        }
         if (!this.#storeHolds(decoder)) {
           // A new replica: the store first takes the epoch it starts from.
           this.store.replaceAll(
@@ -319,6 +326,7 @@ export class Backup implements ReplicaHooks {
 
   prepare(hello: Hello): EpochDecoder {
     const d = this.decoder;
+    this.#candidate = null;
     if (d && replicates(d, hello)) return d;
     if (d) {
       this.#note(
@@ -331,7 +339,9 @@ export class Backup implements ReplicaHooks {
       blockSize: hello.blockSize,
     });
     this.#attach(fresh);
-    this.decoder = fresh;
+    // It becomes the replica once an epoch of it verified (#attach) or a
+    // base sync installed it (based).
+    this.#candidate = fresh;
     return fresh;
   }
 
@@ -360,6 +370,8 @@ export class Backup implements ReplicaHooks {
     this.store.replaceAll({ epoch, images }, contents, this.upstream.durable);
     this.#pending = null;
     this.#pendingEpochs = 0;
+    if (this.#candidate) this.decoder = this.#candidate;
+    this.#candidate = null;
     this.decoder!.load(epoch, contents);
     return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
   }

@@ -94,11 +94,21 @@ export function createControlApp(
     let body: Record<string, unknown> = {};
     const text = await c.req.text();
     if (text.trim()) {
+      let parsed: unknown;
       try {
-        body = JSON.parse(text);
+        parsed = JSON.parse(text);
       } catch {
         return c.json({ error: "the body must be JSON, or empty" }, 400);
       }
+      if (
+        typeof parsed !== "object" || parsed === null || Array.isArray(parsed)
+      ) {
+        return c.json(
+          { error: "the body must be a JSON object, or empty" },
+          400,
+        );
+      }
+      body = parsed as Record<string, unknown>;
     }
     try {
       return c.json(await t.promote(body));

@@ -31,6 +31,12 @@ import type { ImageSpec } from "./encoder.ts";
 
 const WORDS = PAGE_SIZE / 4;
 
+/**
+ * The largest op a page can take in a patch (a LITERAL page or a BLOCKS op
+ * whose every block's xzrle runs long is about one page; twice that, plus a
+ * header, bounds them all).
+ */
+const MAX_OP_BYTES_PER_PAGE = 2 * PAGE_SIZE + 64;
 /** An epoch was rejected; nothing of it was applied. */
 export class DecodeError extends Error {
   override name = "DecodeError";
@@ -201,6 +207,14 @@ export class EpochDecoder {
       );
     }
     return result;
+  }
+
+  /**
+   * Forgets the PATCH frames of an epoch whose COMMIT has not arrived (its
+   * sender is gone: a new session starts from whole epochs).
+   */
+  discardPending(): void {
+    this.#drop();
   }
 
   #drop(): void {
@@ -556,6 +570,19 @@ export class EpochDecoder {
     fail: (m: string) => never,
   ): number {
     const image = this.images[slot];
+    // Bounds from the chunk's own page count, checked before anything is
+    // decompressed: a frame claiming a huge op stream is a bomb, not a patch.
+    if (body.pages > image.pages) {
+      fail(
+        `chunk ${body.chunk} of image "${image.id}" claims ${body.pages} page ops, the image has ${image.pages} pages`,
+      );
+    }
+    const maxOps = body.pages * MAX_OP_BYTES_PER_PAGE;
+    if (body.opsSize > maxOps) {
+      fail(
+        `chunk ${body.chunk} of image "${image.id}" claims a ${body.opsSize}-byte op stream, at most ${maxOps} for ${body.pages} page ops`,
+      );
+    }
     let ops: Uint8Array;
     if (body.opsCodec === 1) {
       try {

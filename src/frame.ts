@@ -5,7 +5,7 @@
  *
  *     [magic "PWR", version, flags, type, epoch, imageId, body, checksum]
  *
- * - `flags`  bits 0-1: codec level (0 fast, 1 max); other bits reserved (must be 0).
+ * - `flags`  the codec level: 0 fast, 1 max (other values are refused).
  * - `type`   1 PATCH (one chunk of one image's patch), 2 COMMIT (ends an epoch:
  *            the image table with each image's digest after applying it).
  * - `body`   msgpack bytes of the type's object (see {@linkcode PatchBody},
@@ -93,6 +93,11 @@ export type Frame =
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 const unpackr = new Unpackr({ useRecords: false });
 
+/** A decoded value for an error message (JSON cannot show a bigint). */
+function show(v: unknown): string {
+  return typeof v === "string" ? JSON.stringify(v) : String(v);
+}
+
 function seedOf(epoch: number, type: number, flags: number): number {
   return (Math.imul(epoch >>> 0, 0x9e3779b1) ^ (type << 8) ^ flags ^
     Math.floor(epoch / 4294967296)) >>> 0;
@@ -163,15 +168,15 @@ export function decodeFrame(bytes: Uint8Array): Frame {
     outer as unknown[];
   need(
     magic === FRAME_MAGIC,
-    `bad frame magic ${JSON.stringify(magic)}, expected "${FRAME_MAGIC}"`,
+    `bad frame magic ${show(magic)}, expected "${FRAME_MAGIC}"`,
   );
   need(
     version === FRAME_VERSION,
     `unsupported frame version ${version}, expected ${FRAME_VERSION}`,
   );
   need(
-    isUint(flags) && (flags & ~3) === 0,
-    `bad frame flags ${flags}, expected 0..3`,
+    flags === 0 || flags === 1,
+    `bad frame flags ${show(flags)}, expected 0 (level fast) or 1 (level max)`,
   );
   need(
     type === FrameType.PATCH || type === FrameType.COMMIT,
@@ -191,7 +196,7 @@ export function decodeFrame(bytes: Uint8Array): Frame {
       actual.toString(16)
     }, frame says ${checksum.toString(16)}`,
   );
-  const level = levelFromCode(flags & 3);
+  const level = levelFromCode(flags as number);
   let decoded: unknown;
   try {
     decoded = unpackr.unpack(body);

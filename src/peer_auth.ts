@@ -388,8 +388,11 @@ export class PeerAuth {
       );
     }
     if (Math.abs(a.time - now) > PROOF_MAX_SKEW_MS) {
+      const when = new Date(a.time);
       return refuse(
-        `client proof made at ${new Date(a.time).toISOString()}, more than ${
+        `client proof made at ${
+          isNaN(when.getTime()) ? `${a.time} ms` : when.toISOString()
+        }, more than ${
           PROOF_MAX_SKEW_MS / 60000
         } minutes from this host's clock`,
       );
@@ -429,10 +432,12 @@ export class PeerAuth {
    */
   async #signedByCa(leaf: X509Module, date: Date): Promise<boolean> {
     for (const ca of this.#cas) {
-      if (
-        ca.subject === leaf.issuer &&
-        await leaf.verify({ publicKey: ca.publicKey, date })
-      ) return true;
+      if (ca.subject !== leaf.issuer) continue;
+      try {
+        if (await leaf.verify({ publicKey: ca.publicKey, date })) return true;
+      } catch {
+        // A signature that does not even parse is not the CA's.
+      }
     }
     return false;
   }

@@ -261,13 +261,16 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
   const [magic, version, code, body] = outer as unknown[];
   need(
     magic === CONTROL_MAGIC,
-    `bad control magic ${JSON.stringify(magic)}, expected "${CONTROL_MAGIC}"`,
+    `bad control magic ${
+      typeof magic === "string" ? JSON.stringify(magic) : String(magic)
+    }, expected "${CONTROL_MAGIC}"`,
   );
   need(
     version === CONTROL_VERSION,
     `unsupported control protocol version ${version}, expected ${CONTROL_VERSION}`,
   );
-  const type = TYPE_NAMES[code as number];
+  // A number, not a key that merely looks like one ("6", 6n).
+  const type = typeof code === "number" ? TYPE_NAMES[code] : undefined;
   need(
     type !== undefined,
     `unknown control message type ${code}, expected 1..8`,
@@ -330,5 +333,6 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
     case "pong":
       break;
   }
-  return { type, ...b } as ControlMessage;
+  // The checked type last: a "type" key in the body must not override it.
+  return { ...b, type } as ControlMessage;
 }

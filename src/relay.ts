@@ -82,6 +82,8 @@ export class Relay implements LinkOwner, ReplicaHooks {
   /** Highest epoch acked upstream per level. */
   readonly ackedUp = [0, 0, 0];
   #images: ImageInfo[] | null = null;
+  /** A new lineage's replica, until an epoch or a base sync of it verified. */
+  #candidate: EpochDecoder | null = null;
   /** Own decodes waiting for the peers (see decodeDue), oldest first. */
   #decodeWaiters: {
     epoch: number;
@@ -146,17 +148,31 @@ export class Relay implements LinkOwner, ReplicaHooks {
 
   prepare(hello: Hello): EpochDecoder {
     const d = this.decoder;
+    this.#candidate = null;
     if (d && replicates(d, hello)) return d;
     const fresh = new EpochDecoder(hello.images, {
       blockSize: hello.blockSize,
       zstd: this.zstd,
     });
-    this.decoder = fresh;
-    this.#images = hello.images.map((i) => ({ id: i.id, size: i.size }));
-    this.retained.restart(0, digestsOf(fresh));
+    if (!d) {
+      this.#adopt(fresh, 0);
+      return fresh;
+    }
+    // Another lineage: it replaces the replica (and the log the peers
+    // follow) only once an epoch or a base sync of it verified; until then
+    // nothing of it is forwarded.
+    this.#candidate = fresh;
+    return fresh;
+  }
+
+  /** `decoder` is the replica from `epoch` on: the log and the peers start over from there. */
+  #adopt(decoder: EpochDecoder, epoch: number): void {
+    this.decoder = decoder;
+    this.#candidate = null;
+    this.#images = decoder.images.map((i) => ({ id: i.id, size: i.size }));
+    this.retained.restart(epoch, digestsOf(decoder));
     for (const l of this.links) l.acks.reset(0);
     this.ackedUp.fill(0);
-    return fresh;
   }
 
   forward(
@@ -165,21 +181,25 @@ export class Relay implements LinkOwner, ReplicaHooks {
     images: ImageDigestInfo[],
   ): void {
     faultPoint("relay.forward");
+    if (this.#candidate) return; // not verified yet: see prepare
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     this.retained.append({ epoch, frames, bytes, images });
   }
 
   rejected(epoch: number): void {
+    if (this.#candidate) return; // the log never saw the candidate's epochs
     // The log ran ahead with an epoch this replica refused: peers that took
     // it will be refused too; restart the log where the replica is.
     this.retained.restart(epoch, digestsOf(this.decoder!));
   }
 
   applied(
-    _epoch: number,
+    epoch: number,
     _frames: Uint8Array[],
     _applied: AppliedEpoch,
   ): AckLevel | null {
+    // A new lineage's first verified epoch: the peers get a base sync of it.
+    if (this.#candidate?.epoch === epoch) this.#adopt(this.#candidate, epoch);
     this.#ackUp();
     return null;
   }
@@ -189,6 +209,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     contents: Uint8Array[],
     images: ImageDigestInfo[],
   ): AckLevel | null {
+    if (this.#candidate) this.#adopt(this.#candidate, 0);
     this.decoder!.load(epoch, contents);
     this.retained.restart(epoch, images);
     // The peers' acks were for the old log, maybe another history.

@@ -3730,16 +3730,7 @@ export const TARGET_FUNCTIONS: Record<
 };
 
 /** The known issues the CI test and `deno task soak` tolerate until they are fixed (remove an id once fixed). */
-export const TOLERATED: readonly KnownIssue[] = [
-  "control-type-override",
-  "json-bigint-magic",
-  "frame-level-flags",
-  "ops-size-unbounded",
-  "stale-pending-after-reconnect",
-  "hello-drops-replica",
-  "promote-non-object-body",
-  "auth-check-throws",
-];
+export const TOLERATED: readonly KnownIssue[] = [];
 
 /** Progress of a run. */
 export interface FuzzProgress {
