@@ -299,6 +299,8 @@ export class PeerLink {
     this.lastError = null;
     // What the peer holds now is all its acks mean (it may have restarted empty).
     this.acks.reset(0);
+    // Acks count only for the history the log held at the handshake.
+    const generation = owner.retained.generation;
 
     // Acks arrive independently of sending.
     let readerDone = false;
@@ -312,6 +314,7 @@ export class PeerLink {
           if (m?.type === "pong") continue;
           if (m?.type === "ack") {
             this.#acked(m.epoch);
+            if (owner.retained.generation !== generation) continue;
             if (this.acks.record(m.epoch, m.level)) owner.onAck(this);
           } else if (m?.type === "error") {
             throw new Error(`peer refused: ${m.message}`);
@@ -353,7 +356,10 @@ export class PeerLink {
             entry = owner.retained.get(next);
           }
           this.throttled = false;
-          if (readerDone || this.#stopped) break;
+          if (
+            readerDone || this.#stopped ||
+            owner.retained.generation !== generation
+          ) break;
           if (!entry) {
             // Fell out of the retained log while behind.
             owner.note(
@@ -372,11 +378,11 @@ export class PeerLink {
           this.sentEpoch = next;
           next++;
         }
-        if (next > owner.retained.last + 1) {
-          // The log restarted below us (the owner took a base sync): resync.
-          next = await this.#baseSync(conn);
-          this.state = "live";
-          continue;
+        if (owner.retained.generation !== generation) {
+          // The log restarted (the owner took a base sync: maybe another
+          // history). Acks in flight on this connection are for the old one:
+          // start over with a handshake, which the peer answers with its state.
+          throw new Error("the log restarted: reconnecting");
         }
         await changed;
       }

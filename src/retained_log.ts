@@ -32,6 +32,12 @@ export class RetainedLog {
   /** The epoch before the first logged one: the state a base sync starts from. */
   #base = 0;
   #baseImages: ImageDigestInfo[] = [];
+  /**
+   * Bumped by every {@linkcode restart}: epochs logged under different
+   * generations may be different histories, so an ack for one says nothing
+   * about the other.
+   */
+  generation = 0;
 
   constructor(readonly maxBytes: number) {
     if (!(maxBytes > 0)) {
@@ -63,6 +69,7 @@ export class RetainedLog {
 
   /** Drops everything and starts at `epoch` with these digests (a base sync, a promotion). */
   restart(epoch: number, images: ImageDigestInfo[]): void {
+    this.generation++;
     this.#epochs = [];
     this.#bytes = 0;
     this.#base = epoch;
