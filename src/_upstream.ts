@@ -27,6 +27,10 @@ import { decodeFrame, FrameType } from "./frame.ts";
 import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
 
 const PONG = encodeControl({ type: "pong" });
+/** A new connection must send its HELLO within this (it holds a handshake slot meanwhile). */
+const HELLO_TIMEOUT_MS = 10_000;
+/** Connections in their handshake at once; more are dropped at accept. */
+const MAX_ADMITTING = 16;
 
 /** True for a codec frame of type COMMIT (msgpack: fixarray, "PWR", version, flags, type). */
 function isCommitFrame(bytes: Uint8Array): boolean {
@@ -127,6 +131,9 @@ export class UpstreamServer {
   durable = false;
   #conn: Connection | null = null;
   #session: Promise<void> | null = null;
+  /** Connections whose HELLO is being checked. */
+  #admitting = new Set<Connection>();
+  #takeover: Promise<void> = Promise.resolve();
   #run: Promise<void> | null = null;
   #closed = false;
   /** Whether upstreams must prove a client certificate (a TLS listener with a CA). */
@@ -184,9 +191,11 @@ export class UpstreamServer {
   async close(): Promise<void> {
     this.#closed = true;
     await this.listener.close();
+    await Promise.all([...this.#admitting].map((c) => c.close()));
     await this.#conn?.close();
     await this.#session;
     await this.#run;
+    await this.#takeover;
   }
 
   async #accept(): Promise<void> {
@@ -200,6 +209,45 @@ export class UpstreamServer {
         continue;
       }
       if (!conn) break;
+      if (this.#admitting.size >= MAX_ADMITTING) {
+        this.hooks.note(
+          `upstream ${conn.remote} dropped: ${MAX_ADMITTING} connections are already in their handshake`,
+        );
+        await conn.close();
+        continue;
+      }
+      this.#admitting.add(conn);
+      this.#admit(conn).finally(() => this.#admitting.delete(conn));
+    }
+  }
+
+  /**
+   * Checks a new connection's HELLO, concurrently with the current session:
+   * only an upstream that passed replaces the current one, so a stranger
+   * cannot even disconnect it.
+   */
+  async #admit(conn: Connection): Promise<void> {
+    let admitted: { hello: Hello; peer: string } | null;
+    try {
+      admitted = await this.#handshake(conn);
+    } catch (e) {
+      await this.#abort(conn, (e as Error).message);
+      return;
+    }
+    if (!admitted || this.#closed) {
+      await conn.close();
+      return;
+    }
+    // One takeover at a time, in the order the upstreams passed.
+    const previous = this.#takeover;
+    let release!: () => void;
+    this.#takeover = new Promise((r) => release = r);
+    await previous;
+    try {
+      if (this.#closed) {
+        await conn.close();
+        return;
+      }
       if (this.#conn) {
         this.hooks.note(
           `upstream ${conn.remote} connected: replacing ${this.remote}`,
@@ -209,62 +257,87 @@ export class UpstreamServer {
       }
       this.#conn = conn;
       this.remote = conn.remote;
-      this.#session = this.#serve(conn).finally(() => {
+      this.peer = admitted.peer;
+      this.#session = this.#serve(conn, admitted.hello).finally(() => {
         if (this.#conn === conn) {
           this.#conn = null;
           this.remote = null;
           this.peer = null;
         }
       });
+    } finally {
+      release();
     }
   }
 
-  async #serve(conn: Connection): Promise<void> {
+  /**
+   * The first message, which must be a HELLO with valid credentials (within
+   * {@linkcode HELLO_TIMEOUT_MS}). Returns null if the upstream was refused
+   * (told, logged and counted here) or left; throws on a protocol error.
+   */
+  async #handshake(
+    conn: Connection,
+  ): Promise<{ hello: Hello; peer: string } | null> {
+    const timer = setTimeout(() => {
+      this.refused.protocol++;
+      this.hooks.note(
+        `upstream ${conn.remote} refused: no hello within ${HELLO_TIMEOUT_MS} ms`,
+      );
+      conn.close();
+    }, HELLO_TIMEOUT_MS);
+    let first: Uint8Array | null;
+    try {
+      first = await conn.receive();
+    } finally {
+      clearTimeout(timer);
+    }
+    if (first === null) return null;
+    // Nothing an upstream sends is used before its HELLO passed.
+    let hello: Hello;
+    try {
+      if (!isControl(first)) {
+        throw new DecodeError("expected hello, got a frame");
+      }
+      const m = decodeControl(first);
+      if (m.type !== "hello") {
+        throw new DecodeError(`expected hello, got ${m.type}`);
+      }
+      hello = m;
+    } catch (e) {
+      this.refused.protocol++;
+      throw e;
+    }
+    let verdict: AuthVerdict;
+    try {
+      verdict = await this.hooks.auth.check(hello, this.requireCertificate);
+    } catch (e) {
+      // Whatever a peer's credentials make the checks throw is a refusal.
+      verdict = {
+        ok: false,
+        reason: "certificate",
+        message: `credentials unreadable: ${(e as Error).message}`,
+      };
+    }
+    if (!verdict.ok) {
+      this.refused[verdict.reason]++;
+      this.lastError = `refused: ${verdict.message}`;
+      this.hooks.note(`upstream ${conn.remote} refused: ${verdict.message}`);
+      try {
+        await conn.send(encodeControl({
+          type: "error",
+          message: `authentication failed: ${verdict.message}`,
+        }));
+      } catch {
+        // gone already
+      }
+      return null;
+    }
+    return { hello, peer: verdict.peer };
+  }
+
+  async #serve(conn: Connection, hello: Hello): Promise<void> {
     let decodes = Promise.resolve();
     try {
-      const first = await conn.receive();
-      if (first === null) return;
-      // Nothing an upstream sends is used before its HELLO passed.
-      let hello: Hello;
-      try {
-        if (!isControl(first)) {
-          throw new DecodeError("expected hello, got a frame");
-        }
-        const m = decodeControl(first);
-        if (m.type !== "hello") {
-          throw new DecodeError(`expected hello, got ${m.type}`);
-        }
-        hello = m;
-      } catch (e) {
-        this.refused.protocol++;
-        throw e;
-      }
-      let verdict: AuthVerdict;
-      try {
-        verdict = await this.hooks.auth.check(hello, this.requireCertificate);
-      } catch (e) {
-        // Whatever a peer's credentials make the checks throw is a refusal.
-        verdict = {
-          ok: false,
-          reason: "certificate",
-          message: `credentials unreadable: ${(e as Error).message}`,
-        };
-      }
-      if (!verdict.ok) {
-        this.refused[verdict.reason]++;
-        this.lastError = `refused: ${verdict.message}`;
-        this.hooks.note(`upstream ${conn.remote} refused: ${verdict.message}`);
-        try {
-          await conn.send(encodeControl({
-            type: "error",
-            message: `authentication failed: ${verdict.message}`,
-          }));
-        } catch {
-          // gone already
-        }
-        return;
-      }
-      this.peer = verdict.peer;
       this.connects++;
       this.durable = hello.durable;
       let decoder = this.hooks.prepare(hello);

@@ -387,3 +387,29 @@ Deno.test("the control API requires the token (but /healthz), counts refusals, a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a stranger connecting, or a connection that says nothing, neither displaces the upstream nor holds up a new one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-admit-" });
+  const b = await guardedBackup("tcp://127.0.0.1:0", `${dir}/b`);
+  const port = Number(new URL(b.url).port);
+  const auth = PeerAuth.withToken("s3cret");
+  // A connection that never sends its HELLO, held open throughout.
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port });
+  const p = await primaryTo([b.url], auth);
+  const stranger = await primaryTo([b.url], PeerAuth.withToken("guess"));
+  try {
+    await p.checkpoint();
+    stranger.checkpoint().catch(() => {});
+    await until(() => b.upstream.refused.token > 0, "the stranger's refusal");
+    for (let i = 0; i < 3; i++) await p.checkpoint();
+    assertEquals(p.links[0].connects, 1, "the upstream was never displaced");
+    assertEquals(b.upstream.connects, 1);
+    await assertStoreEquals(b, p);
+  } finally {
+    silent.close();
+    await stranger.stop();
+    await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
