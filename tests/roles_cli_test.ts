@@ -182,7 +182,22 @@ Deno.test("CLI: backup ← relay ← primary as three processes replicate a file
       await primary?.stop();
       await relay.stop();
     }
-    // The primary is gone: promote the backup through its control plane.
+    // The primary is gone: promote the backup through its control plane,
+    // which refuses options that make no sense, saying which.
+    for (
+      const [bad, why] of [
+        [{ interval: -5 }, /"interval" must be a whole number of ms >= 1/],
+        [{ to: "tcp://x:1" }, /"to" must be an array of peer URLs/],
+        [{ colour: "red" }, /unknown promote option "colour"/],
+      ] as const
+    ) {
+      const r = await fetch(`${bHttp}/promote`, {
+        method: "POST",
+        body: JSON.stringify(bad),
+      });
+      assertEquals(r.status, 400);
+      assert(why.test((await r.json()).error));
+    }
     const res = await fetch(`${bHttp}/promote`, {
       method: "POST",
       body: JSON.stringify({ to: [], ack: "none", interval: "manual" }),

@@ -41,8 +41,32 @@ function promoteOptions(
   body: Record<string, unknown>,
   fallback: PromoteOptions,
 ): PromoteOptions {
-  const to = Array.isArray(body.to) ? body.to.map(String) : fallback.to;
+  const known = ["to", "ack", "ackLevel", "interval", "level"];
+  for (const key of Object.keys(body)) {
+    if (!known.includes(key)) {
+      throw new RangeError(
+        `unknown promote option "${key}", expected ${known.join(", ")}`,
+      );
+    }
+  }
+  if (
+    body.to !== undefined &&
+    !(Array.isArray(body.to) && body.to.every((u) => typeof u === "string"))
+  ) {
+    throw new RangeError(`"to" must be an array of peer URLs`);
+  }
+  const to = (body.to as string[] | undefined) ?? fallback.to;
   const interval = body.interval;
+  if (
+    interval !== undefined && interval !== "manual" &&
+    !(Number.isSafeInteger(interval) && (interval as number) >= 1)
+  ) {
+    throw new RangeError(
+      `"interval" must be a whole number of ms >= 1 or "manual", got ${
+        JSON.stringify(interval)
+      }`,
+    );
+  }
   return {
     ...fallback,
     to,
