@@ -20,6 +20,7 @@ import { openSource } from "../src/open_source.ts";
 import { AckLevel } from "../src/protocol.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
 import { PeerAuth } from "../src/peer_auth.ts";
+import { rolePermissions, type RoleTool } from "../tools/_role_permissions.ts";
 import { SampleWindow } from "../src/_window.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -73,12 +74,7 @@ class Role {
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
-        "--unstable-net",
-        "--allow-read",
-        "--allow-write",
-        "--allow-net",
-        "--allow-ffi",
-        "--allow-env",
+        ...rolePermissions(tool as RoleTool),
         `${ROOT}tools/${tool}.ts`,
         ...argv,
         ...TLS_ARGS,

@@ -70,6 +70,7 @@ import {
 import { createBlockHasher } from "../src/hash/block_hash.ts";
 import { ImageState } from "../src/image_state.ts";
 import { bytesEqual } from "../src/replay.ts";
+import { rolePermissions } from "../tools/_role_permissions.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -477,27 +478,6 @@ function nearestEpoch(
 // ---------------------------------------------------------------------------
 // Processes.
 
-const ROLE_PERMISSIONS: Record<Role, string[]> = {
-  // As deno.json's tasks run them.
-  primary: ["-A", "--unstable-net"],
-  relay: [
-    "--unstable-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-net",
-    "--allow-ffi",
-    "--allow-env",
-  ],
-  backup: [
-    "--unstable-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-net",
-    "--allow-ffi",
-    "--allow-env",
-  ],
-};
-
 const KEEP_LINES = 200;
 
 /** One role process, its output read line by line. */
@@ -521,7 +501,7 @@ class RoleProcess {
     this.child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
-        ...ROLE_PERMISSIONS[role],
+        ...rolePermissions(role),
         `${ROOT}tools/${role}.ts`,
         ...args,
       ],

@@ -5,17 +5,12 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { runTool } from "./_run_tool.ts";
+import { rolePermissions } from "../tools/_role_permissions.ts";
 import { bytesEqual } from "../src/replay.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const PERMS = [
-  "--unstable-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-net",
-  "--allow-ffi",
-  "--allow-env",
-];
+// The relay's flags: the least any role runs with (the primary adds -A).
+const PERMS = rolePermissions("relay");
 
 /** A role running as a subprocess, with its stderr read line by line. */
 class RoleProcess {

@@ -10,6 +10,7 @@
  */
 
 import { makeDevCerts } from "../src/_dev_certs.ts";
+import { rolePermissions, type RoleTool } from "./_role_permissions.ts";
 import type { Wan, WanProcess } from "./wan.ts";
 
 /** The roles' command-line flags for credentials and the control plane. */
@@ -29,14 +30,6 @@ export const ROLE_PORT = 7000;
 export const HTTP_PORT = 8000;
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const PERMS = [
-  "--unstable-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-net",
-  "--allow-ffi",
-  "--allow-env",
-];
 
 /** Files the roles authenticate with. */
 export interface Credentials {
@@ -122,7 +115,7 @@ export class Cluster {
     const c = this.credentials;
     const p = this.wan.spawn(region, Deno.execPath(), [
       "run",
-      ...PERMS,
+      ...rolePermissions(tool as RoleTool),
       `${ROOT}tools/${tool}.ts`,
       ...args,
       ROLE_FLAGS.http,
