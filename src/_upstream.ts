@@ -353,6 +353,7 @@ export class UpstreamServer {
       );
       const base = new BaseReceiver(hello.images, decoder.hasher, decoder.zstd);
       let frames: Uint8Array[] = [];
+      let heldBytes = 0;
       // Decodes epoch by epoch, each once `due`; the first failure ends the session.
       const decodeLater = async (
         epochFrames: Uint8Array[],
@@ -394,6 +395,12 @@ export class UpstreamServer {
         }
         if (isFrame(bytes)) {
           frames.push(bytes);
+          heldBytes += bytes.length;
+          if (heldBytes > decoder.maxEpochBytes) {
+            throw new DecodeError(
+              `${heldBytes} bytes of frames without a COMMIT, more than the ${decoder.maxEpochBytes} an epoch of these images can take`,
+            );
+          }
           if (isCommitFrame(bytes)) {
             const commit = decodeFrame(bytes);
             if (commit.type === FrameType.COMMIT) {
@@ -417,6 +424,7 @@ export class UpstreamServer {
                   const due = this.hooks.decodeDue(commit.epoch);
                   decodes = decodes.then(() => decodeLater(epochFrames, due));
                   frames = [];
+                  heldBytes = 0;
                   continue;
                 }
                 // Let the links hand the frames to their sockets before the
@@ -436,6 +444,7 @@ export class UpstreamServer {
           if (applied) {
             const epochFrames = frames;
             frames = [];
+            heldBytes = 0;
             const level = this.hooks.applied(
               applied.epoch,
               epochFrames,
@@ -460,6 +469,7 @@ export class UpstreamServer {
           decoder = this.hooks.prepare(hello);
           decoder.discardPending();
           frames = [];
+          heldBytes = 0;
           this.hooks.note(`base sync of epoch ${m.epoch} installed`);
           if (level !== null) await this.ack(m.epoch, level);
         } else if (m.type === "error") {

@@ -184,6 +184,16 @@ export class EpochDecoder {
       );
     }
     if (frame.type === FrameType.PATCH) {
+      // An epoch rewrites each page at most once; frames beyond what whole
+      // images can take, still without their COMMIT, are not a patch.
+      const limit = this.maxEpochBytes;
+      if (this.#pendingBytes > limit) {
+        const held = this.#pendingBytes;
+        this.#drop();
+        throw new DecodeError(
+          `epoch ${frame.epoch} rejected: ${held} bytes of PATCH frames without a COMMIT, more than the ${limit} an epoch of these images can take`,
+        );
+      }
       this.#pending.push(frame);
       return null;
     }
@@ -215,6 +225,13 @@ export class EpochDecoder {
    */
   discardPending(): void {
     this.#drop();
+  }
+
+  /** The most an epoch's frames can hold: every page as its largest op, plus framing. */
+  get maxEpochBytes(): number {
+    let pages = 0;
+    for (const image of this.images) pages += image.pages;
+    return pages * MAX_OP_BYTES_PER_PAGE + (16 << 20);
   }
 
   #drop(): void {

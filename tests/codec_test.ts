@@ -468,3 +468,31 @@ Deno.test("LZ with extra reference pages found through anchors round-trips moved
   enc.close();
   dec.close();
 });
+
+Deno.test("PATCH frames beyond what an epoch of the images can take, still without a COMMIT, are rejected and forgotten", () => {
+  const dec = new EpochDecoder([{ id: "small", size: 16384 }]);
+  // One page op, claiming nothing unusual: it is the volume that is wrong.
+  const patch = encodeFrame(FrameType.PATCH, "fast", 1, "small", {
+    base: 0,
+    slot: 0,
+    chunk: 0,
+    pages: 1,
+    ops: new Uint8Array(64 << 10),
+    opsSize: 64 << 10,
+    opsCodec: 0,
+  });
+  let message = "";
+  try {
+    for (let i = 0; i < 1000; i++) dec.receive(patch);
+  } catch (e) {
+    assert(e instanceof DecodeError);
+    message = e.message;
+  }
+  assert(
+    /bytes of PATCH frames without a COMMIT, more than the \d+ an epoch of these images can take/
+      .test(message),
+    message,
+  );
+  assertEquals(dec.epoch, 0);
+  dec.close();
+});
