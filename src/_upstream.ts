@@ -29,6 +29,12 @@ import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
 const PONG = encodeControl({ type: "pong" });
 /** A new connection must send its HELLO within this (it holds a handshake slot meanwhile). */
 const HELLO_TIMEOUT_MS = 10_000;
+/**
+ * Largest first message taken from a connection not yet authenticated (a
+ * HELLO is its images' names and sizes and a certificate chain): a stranger
+ * cannot make the listener reserve a frame-sized buffer.
+ */
+const MAX_HELLO_BYTES = 1 << 20;
 /** Connections in their handshake at once; more are dropped at accept. */
 const MAX_ADMITTING = 16;
 
@@ -287,7 +293,7 @@ export class UpstreamServer {
     }, HELLO_TIMEOUT_MS);
     let first: Uint8Array | null;
     try {
-      first = await conn.receive();
+      first = await conn.receive(MAX_HELLO_BYTES);
     } finally {
       clearTimeout(timer);
     }

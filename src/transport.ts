@@ -27,9 +27,13 @@ export interface Connection {
   /**
    * The next message, or `null` once the peer closed cleanly. Rejects with
    * {@linkcode TransportError} if the connection broke or a message was
-   * malformed or too large. Not for concurrent callers.
+   * malformed or too large. Not for concurrent callers. `maxBytes` lowers
+   * the limit for this one message (e.g. a handshake from a peer not yet
+   * authenticated): a message over it is refused like one over the
+   * connection's limit, before its bytes are read where the transport frames
+   * them itself.
    */
-  receive(): Promise<Uint8Array | null>;
+  receive(maxBytes?: number): Promise<Uint8Array | null>;
   /** Closes both directions; pending and later sends reject, `receive` returns `null`. Idempotent. */
   close(): Promise<void>;
   /** Settles when the connection is closed, by either side or by an error. Never rejects. */

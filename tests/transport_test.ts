@@ -493,6 +493,19 @@ function conformance(adapter: Adapter): void {
     }
   });
 
+  test("receive(maxBytes) refuses a larger message, as the connection limit does", async () => {
+    const pair = await openPair(adapter);
+    try {
+      await pair.client.send(new Uint8Array(64));
+      assertEquals((await pair.server.receive(64))?.length, 64);
+      await pair.client.send(new Uint8Array(65)).catch(() => {});
+      await assertRejectsTransport(pair.server.receive(64), "65", "64");
+      await within(pair.server.closed, 5_000, "server closed after refusal");
+    } finally {
+      await pair.close();
+    }
+  });
+
   test("reconnects to the same listener after a close", async () => {
     const listener = await adapter.listen(
       adapter.url,

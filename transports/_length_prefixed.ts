@@ -252,7 +252,7 @@ export class LengthPrefixedConnection implements Connection {
     }
   }
 
-  async receive(): Promise<Uint8Array | null> {
+  async receive(maxBytes?: number): Promise<Uint8Array | null> {
     if (this.#receiving) {
       throw new TransportError(
         "receive() called while another receive() is pending; expected one caller at a time",
@@ -278,7 +278,11 @@ export class LengthPrefixedConnection implements Connection {
       const length = await this.#takeLength();
       if (length === null) return null;
       try {
-        checkMessageSize(length, this.#max, "receive");
+        checkMessageSize(
+          length,
+          Math.min(this.#max, maxBytes ?? Infinity),
+          "receive",
+        );
       } catch (error) {
         this.#fail(error as TransportError, true);
         throw error;

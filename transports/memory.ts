@@ -104,7 +104,8 @@ export class MemoryConnection implements Connection {
     this.#dataWaiter = null;
   }
 
-  async receive(): Promise<Uint8Array | null> {
+  async receive(maxBytes?: number): Promise<Uint8Array | null> {
+    const max = Math.min(this.#max, maxBytes ?? Infinity);
     while (true) {
       if (this.#localClosed) return null;
       const message = this.#inbox.take();
@@ -112,9 +113,9 @@ export class MemoryConnection implements Connection {
         this.#inboxBytes -= message.length;
         this.#spaceWaiter?.resolve();
         this.#spaceWaiter = null;
-        if (message.length > this.#max) {
+        if (message.length > max) {
           const error = new TransportError(
-            `cannot receive a message of ${message.length} bytes: the limit is ${this.#max} bytes (maxMessageBytes)`,
+            `cannot receive a message of ${message.length} bytes: the limit is ${max} bytes (maxMessageBytes)`,
           );
           this.#broken = error;
           this.#end(error.message, null);

@@ -183,11 +183,16 @@ class WsConnection implements Connection {
     if (this.#ended) throw this.#sendError();
   }
 
-  async receive(): Promise<Uint8Array | null> {
+  async receive(maxBytes?: number): Promise<Uint8Array | null> {
     while (true) {
       if (this.#localClosed) return null;
       const message = this.#queue.take();
       if (message) {
+        if (maxBytes !== undefined && message.length > maxBytes) {
+          // WebSocket delivers whole messages: this one is read already.
+          this.#fail(CLOSE_TOO_BIG, tooBig(message.length, maxBytes));
+          throw this.#broken!;
+        }
         this.#takenBytes += message.length;
         this.#maybeAck();
         return message;
