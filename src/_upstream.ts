@@ -223,7 +223,14 @@ export class UpstreamServer {
         continue;
       }
       this.#admitting.add(conn);
-      this.#admit(conn).finally(() => this.#admitting.delete(conn));
+      this.#admit(conn)
+        .catch((e) => {
+          // Not awaited by anyone: a failure here must not end the process.
+          this.hooks.note(`upstream ${conn.remote}: ${(e as Error).message}`);
+          return conn.close();
+        })
+        .catch(() => {})
+        .finally(() => this.#admitting.delete(conn));
     }
   }
 
@@ -289,7 +296,7 @@ export class UpstreamServer {
       this.hooks.note(
         `upstream ${conn.remote} refused: no hello within ${HELLO_TIMEOUT_MS} ms`,
       );
-      conn.close();
+      conn.close().catch(() => {});
     }, HELLO_TIMEOUT_MS);
     let first: Uint8Array | null;
     try {

@@ -243,7 +243,7 @@ export class PeerLink {
             (quiet / 1000).toFixed(1)
           } s (timeout ${timeoutMs} ms): reconnecting`,
         );
-        conn.close();
+        conn.close().catch(() => {});
       } else if (live && !pinged && quiet >= keepaliveMs) {
         pinged = true;
         conn.send(encodeControl({ type: "ping" })).catch(() => {});

@@ -1083,7 +1083,9 @@ async function stopAll(
         record.problems.push(
           `the ${n} had exited (code ${
             p.exit!.code
-          }) before the stop; expected it to run until SIGTERM`,
+          }) before the stop; expected it to run until SIGTERM. Its last lines:\n${
+            p.tail(12)
+          }`,
         );
         return;
       }
