@@ -26,7 +26,13 @@ import { BaseReceiver } from "./base_sync.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
 import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
 
+const PING = encodeControl({ type: "ping" });
 const PONG = encodeControl({ type: "pong" });
+
+/** True for exactly the PING message (it has one form: an empty body). */
+function isPing(bytes: Uint8Array): boolean {
+  return bytes.length === PING.length && bytes.every((b, i) => b === PING[i]);
+}
 /** A new connection must send its HELLO within this (it holds a handshake slot meanwhile). */
 const HELLO_TIMEOUT_MS = 10_000;
 /**
@@ -355,6 +361,7 @@ export class UpstreamServer {
       this.durable = hello.durable;
       let decoder = this.hooks.prepare(hello);
       decoder.discardPending();
+      this.#lastSent = performance.now();
       await conn.send(encodeControl({
         type: "state",
         epoch: decoder.epoch,
@@ -467,13 +474,14 @@ export class UpstreamServer {
           }
           continue;
         }
-        const m = decodeControl(bytes);
-        if (m.type === "ping") {
+        if (isPing(bytes)) {
           await this.#tell(PONG);
           continue;
         }
-        // Other control messages act on the replica as decoded so far.
+        // Other control messages act on the replica as decoded so far (and
+        // a bad one ends the session only after the epochs before it).
         if (!await settle()) break;
+        const m = decodeControl(bytes);
         if (m.type === "base") {
           base.add(m as Base);
         } else if (m.type === "base_end") {

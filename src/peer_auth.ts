@@ -344,12 +344,27 @@ export class PeerAuth {
         message: "client certificates required but no CA bundle to check them",
       };
     }
+    try {
+      return await this.#checkCertificate(hello.auth, now);
+    } catch (e) {
+      // The X.509 parser throws on damaged certificates in many places.
+      return {
+        ok: false,
+        reason: "certificate",
+        message: `client certificate unreadable: ${(e as Error).message}`,
+      };
+    }
+  }
+
+  async #checkCertificate(
+    a: HelloAuth | undefined,
+    now: number,
+  ): Promise<AuthVerdict> {
     const refuse = (message: string): AuthVerdict => ({
       ok: false,
       reason: "certificate",
       message,
     });
-    const a = hello.auth;
     if (!a) {
       return refuse(
         "no client certificate: this peer requires one signed by its CA (--cert/--key)",
