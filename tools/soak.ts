@@ -94,7 +94,7 @@ peers, \`--ack-level\` how far they must have taken it):
 
 | \`--ack-level\` | the epoch, once committed, is | it survives |
 | --- | --- | --- |
-| \`durable\` | written to the named backups' stores and fsynced before they acked | SIGKILL of any role, and power loss of the backups; lost only if every named backup loses its disk |
+| \`durable\` | written to the named backups' stores and fsynced before they acked | SIGKILL of any role (tried below), and by design power loss of the backups (journal, images and state are fsynced in order; SIGKILL cannot drop the page cache, so that part is not tried here); lost only if every named backup loses its disk |
 | \`applied\` (default) | verified and applied in the named backups' memory; their stores follow within 100 ms or 16 epochs | SIGKILL of a backup while its upstream lives (it resumes from its store and is sent the rest again); if the backup and every upstream holding the epoch die together, the backup keeps an earlier epoch (whole) |
 | \`received\` | all its frames reached the named backups, not yet verified | what \`applied\` survives, once verified; a corrupt epoch is still rejected, never applied |
 
