@@ -169,6 +169,8 @@ export class LengthPrefixedConnection implements Connection {
   #frame = new Uint8Array(4 + COALESCE_BYTES);
   #frameView = new DataView(this.#frame.buffer);
   #pendingSends = 0;
+  /** The received stream broke its framing: nothing after it is a message. */
+  #garbled = false;
 
   #closing = false; // closed by either side or broken: sends reject
   #localClosed = false; // close() called: receive returns null
@@ -260,6 +262,9 @@ export class LengthPrefixedConnection implements Connection {
     }
     this.#receiving = true;
     try {
+      // A stream found garbled stays failed, whatever a read still in flight
+      // when it was destroyed brings in.
+      if (this.#garbled) throw this.#readError!;
       if (this.#preamble) {
         const expected = this.#preamble;
         const got = await this.#take(expected.length, true);
@@ -524,6 +529,8 @@ export class LengthPrefixedConnection implements Connection {
    */
   #fail(error: TransportError, garbled = false): void {
     if (garbled) {
+      this.#garbled = true;
+      this.#readError ??= error;
       this.#chunks = [];
       this.#head = 0;
       this.#headOffset = 0;
