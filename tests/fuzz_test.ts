@@ -166,9 +166,9 @@ Deno.test(`bad input, seed of the day ${DAILY_SEED}: ${DAILY_CASES} more cases`,
   );
 });
 
-// Known issues (KNOWN_ISSUES in _fuzz.ts): each reproduces today and is
-// tolerated by the runs above. Each test states the fixed behaviour; it runs
-// once its id leaves TOLERATED.
+// Bugs the harness found (KNOWN_ISSUES in _fuzz.ts), each fixed: each test
+// states the fixed behaviour. An id in TOLERATED (a bug found and not yet
+// fixed) skips its test and is tolerated by the runs above.
 
 function knownIssueTest(
   id: KnownIssue,
@@ -176,7 +176,7 @@ function knownIssueTest(
   fn: () => void | Promise<void>,
 ): void {
   Deno.test({
-    name: `known issue ${id}: ${name}`,
+    name: `fixed ${id}: ${name}`,
     ignore: TOLERATED.includes(id),
     fn,
   });
