@@ -623,12 +623,23 @@ class RoleProcess {
   }
 }
 
-/** A free loopback port (the kernel's pick, released for the role to bind). */
+/**
+ * A free loopback port for a role to bind, from below the kernel's ephemeral
+ * range (`ip_local_port_range`, 32768+ by default): a port the kernel picks
+ * for us and we release could be handed to another process's outgoing
+ * connection before the role binds it, failing its start.
+ */
 function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  for (let i = 0; i < 1000; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch {
+      // taken: try another
+    }
+  }
+  throw new Error("no free loopback port in 20000-31999");
 }
 
 type Status = Record<string, unknown>;
@@ -822,7 +833,9 @@ export async function runTrial(plan: TrialPlan): Promise<TrialRecord> {
     ]);
     if (!firstCommit && victim.alive) {
       throw new Error(
-        `no commit within ${START_MS} ms of starting; expected replication to run`,
+        `no commit within ${START_MS} ms of starting; expected replication to run. The primary's last lines:\n${
+          current.primary.tail(12)
+        }`,
       );
     }
     audits.on = victim.alive;
@@ -849,7 +862,9 @@ export async function runTrial(plan: TrialPlan): Promise<TrialRecord> {
     pauseAudits();
     if (death.signal !== "SIGKILL") {
       record.problems.push(
-        `the ${victimName} exited with code ${death.code} (signal ${death.signal}) before its kill; expected it to run until SIGKILL`,
+        `the ${victimName} exited with code ${death.code} (signal ${death.signal}) before its kill; expected it to run until SIGKILL. Its last lines:\n${
+          victim.tail(12)
+        }`,
       );
     }
 
