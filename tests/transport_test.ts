@@ -689,3 +689,63 @@ Deno.test("memoryPair: linked ends", async () => {
   await b.close();
   assertEquals(await a.receive(), null);
 });
+
+Deno.test(
+  "tls and wss listeners send without Nagle's delay: their accepted sockets have TCP_NODELAY",
+  {
+    ignore: Deno.build.os !== "linux",
+  },
+  async () => {
+    const libc = Deno.dlopen("libc.so.6", {
+      getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+      getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+      getsockopt: {
+        parameters: ["i32", "i32", "i32", "buffer", "buffer"],
+        result: "i32",
+      },
+    });
+    const portOf = (fd: number, peer: boolean): number => {
+      const addr = new Uint8Array(128), len = new Uint32Array([128]);
+      const call = peer ? libc.symbols.getpeername : libc.symbols.getsockname;
+      if (call(fd, addr, new Uint8Array(len.buffer)) !== 0) return -1;
+      return (addr[2] << 8) | addr[3];
+    };
+    const noDelay = (fd: number): number => {
+      const v = new Int32Array(1), len = new Uint32Array([4]);
+      libc.symbols.getsockopt(
+        fd,
+        6,
+        1,
+        new Uint8Array(v.buffer),
+        new Uint8Array(len.buffer),
+      );
+      return v[0];
+    };
+    const certs = await testCerts();
+    const options = {
+      tls: { cert: certs.cert, key: certs.key, caCerts: [certs.caCert] },
+    };
+    try {
+      for (const url of ["tls://127.0.0.1:0", "wss://127.0.0.1:0/p"]) {
+        const listener = await listen(url, options);
+        const accepted = listener.accept();
+        const client = await connect(listener.url, options);
+        await client.send(new Uint8Array([1]));
+        const server = (await accepted)!;
+        assertEquals((await server.receive())?.length, 1);
+        const port = Number(new URL(listener.url).port);
+        const fds: number[] = [];
+        for (let fd = 3; fd < 4096; fd++) {
+          if (portOf(fd, false) === port && portOf(fd, true) > 0) fds.push(fd);
+        }
+        assert(fds.length > 0, `${url}: the accepted socket was found`);
+        for (const fd of fds) assertEquals(noDelay(fd), 1, `${url}: fd ${fd}`);
+        await client.close();
+        await server.close();
+        await listener.close();
+      }
+    } finally {
+      libc.close();
+    }
+  },
+);

@@ -23,6 +23,7 @@ import {
   withTimeout,
 } from "./_length_prefixed.ts";
 import { dialTcp, formatAddr, SocketListener } from "./tcp.ts";
+import { setListenerNoDelay } from "./_no_delay.ts";
 
 /** The server certificate and key, or a TransportError saying what is missing. */
 export function serverTls(
@@ -79,6 +80,9 @@ export const tlsTransport: Transport = {
       const { hostname, port } = parseHostPort(url);
       const { cert, key } = serverTls(url, options);
       const listener = Deno.listenTls({ hostname, port, cert, key });
+      // TlsConn has no setNoDelay; a downstream's ack, a small write, would
+      // wait a round trip behind the one before (see _no_delay.ts).
+      setListenerNoDelay(listener.addr.port);
       const ms = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
       return Promise.resolve(
         new SocketListener(

@@ -33,6 +33,7 @@
  * @module
  */
 
+import { setListenerNoDelay } from "./_no_delay.ts";
 import { MessageQueue } from "./_message_queue.ts";
 import { Hono } from "hono";
 import { getConnInfo, upgradeWebSocket } from "hono/deno";
@@ -514,6 +515,8 @@ export const wsTransport: Transport = {
         { hostname, port, ...tls, onListen: () => {} },
         app.fetch,
       );
+      // Acks are small writes: no Nagle hold on them (see _no_delay.ts).
+      setListenerNoDelay(server.addr.port);
       const listener = new WsListener(
         `${url.protocol}//${url.hostname}:${server.addr.port}${path}`,
         slot,
