@@ -191,6 +191,9 @@ ${fuzz.table || "(no output)"}
   store unchanged; restarts catching up; store write failures recovered.
 `;
   await Deno.writeTextFile(out, text);
+  // Formatted as the repository's files are (CI checks \`deno fmt\`).
+  await new Deno.Command(Deno.execPath(), { args: ["fmt", "-q", out] })
+    .output();
   console.error(`soak: wrote ${out}`);
   if (!crash.ok || !fuzz.ok) {
     throw new Error(
