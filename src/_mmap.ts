@@ -7,6 +7,8 @@
  * and callers keep the file API.
  */
 
+import { openLibc } from "./_libc.ts";
+
 const O_RDONLY = 0;
 const O_RDWR = 2;
 const PROT_READ = 1, PROT_WRITE = 2;
@@ -30,24 +32,7 @@ type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
 let libc: Libc | null | undefined;
 
 function load(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (Deno.build.os !== "linux" && Deno.build.os !== "darwin") return null;
-  const names = Deno.build.os === "darwin"
-    ? ["libSystem.B.dylib"]
-    : ["libc.so.6"];
-  for (const name of names) {
-    try {
-      if (
-        Deno.permissions.querySync({ name: "ffi", path: name }).state !==
-          "granted"
-      ) continue;
-      libc = Deno.dlopen(name, SYMBOLS);
-      break;
-    } catch {
-      // try the next name
-    }
-  }
+  if (libc === undefined) libc = openLibc(SYMBOLS);
   return libc;
 }
 

@@ -9,6 +9,8 @@
  * @module
  */
 
+import { openLibc } from "../src/_libc.ts";
+
 const SYMBOLS = {
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getsockopt: {
@@ -29,16 +31,8 @@ const MAX_FD = 4096;
 let libc: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
 
 function load(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (Deno.build.os !== "linux") return null;
-  try {
-    if (
-      Deno.permissions.querySync({ name: "ffi", path: "libc.so.6" }).state ===
-        "granted"
-    ) libc = Deno.dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    // no FFI: Nagle stays on
+  if (libc === undefined) {
+    libc = Deno.build.os === "linux" ? openLibc(SYMBOLS) : null;
   }
   return libc;
 }

@@ -7,6 +7,8 @@
  * file, which also names the error precisely when memory is unreadable.
  */
 
+import { openLibc } from "../_libc.ts";
+
 const SYMBOLS = {
   process_vm_readv: {
     parameters: ["i32", "buffer", "usize", "buffer", "usize", "usize"],
@@ -17,16 +19,8 @@ const SYMBOLS = {
 let libc: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
 
 function load(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (Deno.build.os !== "linux") return null;
-  try {
-    if (
-      Deno.permissions.querySync({ name: "ffi", path: "libc.so.6" }).state ===
-        "granted"
-    ) libc = Deno.dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    // no FFI here: callers read the proc file
+  if (libc === undefined) {
+    libc = Deno.build.os === "linux" ? openLibc(SYMBOLS) : null;
   }
   return libc;
 }
