@@ -49,6 +49,7 @@ import {
   type ControlMessage,
   decodeControl,
   encodeControl,
+  type HelloAuth,
   type ImageDigestInfo,
   ProtocolError,
 } from "../src/protocol.ts";
@@ -3246,25 +3247,38 @@ export function fuzzRelay(options: TargetOptions): Promise<TargetResult> {
  * nonce, signature) or token is damaged is refused with a reason, never
  * accepted, and `check` never throws.
  */
-export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
-  // The server's own certificate only names it (localhost); what it trusts
-  // and what it is shown are fixed, so every case is the same on every run.
+/**
+ * The checker the auth cases run against. Its own certificate only names it
+ * (localhost); what it trusts (FUZZ_CA) and the proofs it is shown are
+ * fixed, so every case is the same on every run.
+ */
+export async function fuzzAuthChecker(): Promise<PeerAuth> {
   const own = await makeDevCerts();
-  const server = await PeerAuth.create({
+  return await PeerAuth.create({
     token: FUZZ_TOKEN,
     cert: own.cert,
     key: own.key,
     ca: [FUZZ_CA],
   });
+}
+
+/** A fixed proof (hex strings in `_fuzz_certs.ts`) as HELLO carries it. */
+export function fixtureProof(
+  p: typeof FUZZ_PROOF | typeof STRANGER_PROOF,
+): HelloAuth {
   const fromHex = (h: string) =>
     new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
-  const proofOf = (p: typeof FUZZ_PROOF | typeof STRANGER_PROOF) => ({
+  return {
     ...p,
     nonce: fromHex(p.nonce),
     signature: fromHex(p.signature),
-  });
-  const proof = proofOf(FUZZ_PROOF);
-  const strangerProof = proofOf(STRANGER_PROOF);
+  };
+}
+
+export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
+  const server = await fuzzAuthChecker();
+  const proof = fixtureProof(FUZZ_PROOF);
+  const strangerProof = fixtureProof(STRANGER_PROOF);
   const hello = decodeControl(helloBytes({ images: [], auth: proof }));
   const ms = options.stepTimeoutMs ?? 10_000;
   return runCases("auth", options, async (rng, tally) => {

@@ -18,10 +18,12 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import {
   editFrame,
+  fixtureProof,
   formatErrorKinds,
   formatSummary,
   FUZZ_SPECS,
   FUZZ_TOKEN,
+  fuzzAuthChecker,
   fuzzCorpus,
   FuzzRng,
   type FuzzSummary,
@@ -48,9 +50,8 @@ import {
 import { DecodeError, EpochDecoder } from "../src/decoder.ts";
 import { Backup } from "../src/backup.ts";
 import { PeerAuth } from "../src/peer_auth.ts";
-import { makeDevCerts } from "../src/_dev_certs.ts";
 import { createControlApp } from "../src/control_plane.ts";
-import { FUZZ_CA, FUZZ_PROOF } from "./_fuzz_certs.ts";
+import { FUZZ_PROOF } from "./_fuzz_certs.ts";
 import { memoryTransport } from "../transports/memory.ts";
 
 /** The CI run: fixed, so a failure reproduces anywhere. */
@@ -371,20 +372,8 @@ knownIssueTest(
   "auth-check-throws",
   "a proof dated past the end of time, or a leaf whose signature does not parse, is refused, not thrown",
   async () => {
-    const own = await makeDevCerts();
-    const server = await PeerAuth.create({
-      token: FUZZ_TOKEN,
-      cert: own.cert,
-      key: own.key,
-      ca: [FUZZ_CA],
-    });
-    const hex = (h: string) =>
-      new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
-    const proof: HelloAuth = {
-      ...FUZZ_PROOF,
-      nonce: hex(FUZZ_PROOF.nonce),
-      signature: hex(FUZZ_PROOF.signature),
-    };
+    const server = await fuzzAuthChecker();
+    const proof = fixtureProof(FUZZ_PROOF);
     const check = (auth: HelloAuth) =>
       server.check({ token: FUZZ_TOKEN, auth }, true, proof.time + 1000);
     assertEquals((await check(proof)).ok, true);
