@@ -23,6 +23,7 @@ import {
   isFrame,
 } from "./protocol.ts";
 import { BaseReceiver } from "./base_sync.ts";
+import type { ImageState } from "./image_state.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
 import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
 
@@ -111,9 +112,20 @@ export interface ReplicaHooks {
 /** The replica's images and digests, as STATE and /status name them. */
 export function digestsOf(decoder: EpochDecoder): ImageDigestInfo[] {
   return decoder.images.map((i) => {
-    const d = i.digestValue();
-    return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
+    return imageDigestInfo(i);
   });
+}
+
+/** One image's id, size, length in use (if sized) and digest. */
+export function imageDigestInfo(i: ImageState): ImageDigestInfo {
+  const d = i.digestValue();
+  return {
+    id: i.id,
+    size: i.size,
+    ...(i.length !== i.size ? { length: i.length } : {}),
+    digestLo: d.lo,
+    digestHi: d.hi,
+  };
 }
 
 /** True if `decoder` holds the images (ids, sizes, block size) a HELLO names. */

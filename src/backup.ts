@@ -136,7 +136,11 @@ export class Backup implements ReplicaHooks {
       this.store.readImage(s, bytes);
       return bytes;
     });
-    decoder.load(state.epoch, contents);
+    decoder.load(
+      state.epoch,
+      contents,
+      state.images.map((i) => i.length ?? i.size),
+    );
     decoder.images.forEach((image, s) => {
       const d = image.digestValue();
       const want = state.images[s];
@@ -163,6 +167,9 @@ export class Backup implements ReplicaHooks {
       const images = decoder.images.map((i, s) => ({
         id: i.id,
         size: i.size,
+        ...(digests[s].length !== undefined
+          ? { length: digests[s].length }
+          : {}),
         digestLo: digests[s].lo,
         digestHi: digests[s].hi,
       }));
@@ -372,7 +379,11 @@ export class Backup implements ReplicaHooks {
     this.#pendingEpochs = 0;
     if (this.#candidate) this.decoder = this.#candidate;
     this.#candidate = null;
-    this.decoder!.load(epoch, contents);
+    this.decoder!.load(
+      epoch,
+      contents,
+      images.map((i) => i.length ?? i.size),
+    );
     return this.upstream.durable ? AckLevel.durable : AckLevel.applied;
   }
 

@@ -70,6 +70,12 @@ export interface StoredImage {
   id: string;
   /** Size in bytes. */
   size: number;
+  /**
+   * Bytes in use, for a sized image (a guest's device state: contents, then
+   * zeros up to `size`); absent when all of `size` is contents. Committed
+   * with the epoch like the digest, which covers it.
+   */
+  length?: number;
   /** Low 32 bits of the image digest (unsigned), as the primary reported it. */
   digestLo: number;
   /** High 32 bits of the image digest (unsigned). */
@@ -274,7 +280,10 @@ function checkState(s: unknown, where: string): StoredState {
     if (typeof im !== "object" || im === null) {
       throw bad(`images[${i}] is not an object`);
     }
-    const { id, size, digestLo, digestHi } = im as Record<string, unknown>;
+    const { id, size, length, digestLo, digestHi } = im as Record<
+      string,
+      unknown
+    >;
     try {
       checkImageId(id);
     } catch (e) {
@@ -288,7 +297,18 @@ function checkState(s: unknown, where: string): StoredState {
     if (!isU32(digestLo) || !isU32(digestHi)) {
       throw bad(`image "${id}" digest is not two unsigned 32-bit integers`);
     }
-    out.push({ id, size, digestLo, digestHi });
+    if (length !== undefined && (!isCount(length) || length > size)) {
+      throw bad(
+        `image "${id}" length ${length} is not a byte count within its size ${size}`,
+      );
+    }
+    out.push({
+      id,
+      size,
+      ...(length !== undefined ? { length: length as number } : {}),
+      digestLo,
+      digestHi,
+    });
   });
   return { epoch, images: out };
 }
@@ -301,6 +321,7 @@ function stateText(s: StoredState): string {
     images: s.images.map((i) => ({
       id: i.id,
       size: i.size,
+      ...(i.length !== undefined ? { length: i.length } : {}),
       digestLo: i.digestLo,
       digestHi: i.digestHi,
     })),

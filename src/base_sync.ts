@@ -7,7 +7,7 @@
 
 import type { Zstd } from "./compress/zstd.ts";
 import type { BlockHasher } from "./hash/block_hash.ts";
-import { DigestAccumulator } from "./digest.ts";
+import { bindLength, DigestAccumulator } from "./digest.ts";
 import type { Connection } from "./transport.ts";
 import {
   type Base,
@@ -176,7 +176,13 @@ export class BaseReceiver {
           } bytes, expected ${image.size}`,
         );
       }
-      const d = digestOf(this.hasher, this.#contents[s]);
+      const raw = digestOf(this.hasher, this.#contents[s]);
+      const d = bindLength(
+        raw.lo,
+        raw.hi,
+        image.size,
+        info.length ?? image.size,
+      );
       if (d.lo !== info.digestLo || d.hi !== info.digestHi) {
         throw new BaseSyncError(
           `base sync of "${image.id}" at epoch ${m.epoch} does not match its digest`,

@@ -25,7 +25,7 @@ import { BlockOpKind, ByteWriter, OpKind, RefKind } from "./patch.ts";
 import { ByteReader } from "./_varint.ts";
 import { applyXorZeroRun } from "./zero_run.ts";
 import { createZstd, type Zstd } from "./compress/zstd.ts";
-import { DigestAccumulator, type ImageDigest } from "./digest.ts";
+import { bindLength, DigestAccumulator, type ImageDigest } from "./digest.ts";
 import { U32List } from "./_u32_list.ts";
 import type { ImageSpec } from "./encoder.ts";
 
@@ -65,7 +65,7 @@ export interface StagedRange {
 export type OnStaged = (
   epoch: number,
   ranges: StagedRange[],
-  digests: { lo: number; hi: number }[],
+  digests: { lo: number; hi: number; length?: number }[],
 ) => void;
 
 /** What applying one epoch did. */
@@ -145,13 +145,13 @@ export class EpochDecoder {
    * Replaces every image with `contents` as the committed state of `epoch`
    * (a stored replica, or a base sync) and drops any pending frames.
    */
-  load(epoch: number, contents: Uint8Array[]): void {
+  load(epoch: number, contents: Uint8Array[], lengths?: number[]): void {
     if (contents.length !== this.images.length) {
       throw new RangeError(
         `expected ${this.images.length} images, got ${contents.length}`,
       );
     }
-    this.images.forEach((image, s) => image.reset(contents[s]));
+    this.images.forEach((image, s) => image.reset(contents[s], lengths?.[s]));
     this.#epoch = epoch;
     this.#drop();
   }
@@ -362,8 +362,14 @@ export class EpochDecoder {
       }
     }
     commit.images.forEach((ci, s) => {
-      const d = digests[s];
-      if ((d.lo >>> 0) !== ci.digestLo || (d.hi >>> 0) !== ci.digestHi) {
+      const size = this.images[s].size;
+      const d = bindLength(
+        digests[s].lo,
+        digests[s].hi,
+        size,
+        ci.length ?? size,
+      );
+      if (d.lo !== ci.digestLo || d.hi !== ci.digestHi) {
         fail(
           `digest mismatch for image "${ci.id}": staged contents hash to ${
             hex(d.hi, d.lo)
@@ -401,7 +407,11 @@ export class EpochDecoder {
         this.onStaged(
           epoch,
           ranges,
-          commit.images.map((ci) => ({ lo: ci.digestLo, hi: ci.digestHi })),
+          commit.images.map((ci) => ({
+            lo: ci.digestLo,
+            hi: ci.digestHi,
+            length: ci.length,
+          })),
         );
       } catch (e) {
         fail(`the staged epoch could not be stored: ${(e as Error).message}`);
@@ -448,6 +458,7 @@ export class EpochDecoder {
     this.images.forEach((image, s) => {
       image.digest.lo = digests[s].lo;
       image.digest.hi = digests[s].hi;
+      image.length = commit.images[s].length ?? image.size;
       result.digests[image.id] = image.digestValue();
     });
     this.#epoch = epoch;

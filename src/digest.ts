@@ -45,10 +45,43 @@ export class DigestAccumulator {
     }
   }
 
-  /** The digest of an image of `size` bytes. */
-  value(size: number): ImageDigest {
-    return { size, lo: this.lo >>> 0, hi: this.hi >>> 0 };
+  /**
+   * The digest of an image of `size` bytes of which the first `length` are
+   * in use (default: all of them; see {@linkcode bindLength}).
+   */
+  value(size: number, length = size): ImageDigest {
+    const d = bindLength(this.lo, this.hi, size, length);
+    return { size, lo: d.lo, hi: d.hi };
   }
+}
+
+/**
+ * Digest lanes that also cover an image's length in use: a sized image (the
+ * device state of a QEMU guest, whose size changes between checkpoints) is
+ * `size` bytes of capacity of which the first `length` are its contents, the
+ * rest zeros. Two checkpoints with the same bytes but another length must not
+ * compare equal, so the length is mixed into both lanes. An image whose
+ * length is its size keeps the plain lanes.
+ * @example
+ * ```ts
+ * import { bindLength } from "./digest.ts";
+ * const whole = bindLength(1, 2, 4096, 4096);
+ * const part = bindLength(1, 2, 4096, 100);
+ * console.log(whole.lo === 1 && whole.hi === 2, part.lo !== 1); // true true
+ * ```
+ */
+export function bindLength(
+  lo: number,
+  hi: number,
+  size: number,
+  length: number,
+): { lo: number; hi: number } {
+  if (length === size) return { lo: lo >>> 0, hi: hi >>> 0 };
+  const low = length >>> 0, high = Math.floor(length / 4294967296) >>> 0;
+  return {
+    lo: (lo ^ Math.imul(low ^ 0x6c656e67, P1) ^ 0x1b873593) >>> 0,
+    hi: (hi ^ Math.imul(high ^ 0x74680000 ^ low, P3) ^ 0xcc9e2d51) >>> 0,
+  };
 }
 
 /** Formats a digest for messages and status output. */

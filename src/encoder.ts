@@ -21,7 +21,7 @@ import {
   FrameType,
   type PatchBody,
 } from "./frame.ts";
-import { ImageState, PAGE_SIZE } from "./image_state.ts";
+import { checkLength, ImageState, PAGE_SIZE } from "./image_state.ts";
 import { type Level, type LevelParams, levelParams } from "./level.ts";
 import { PageEncoder } from "./page_encoder.ts";
 import { ByteWriter, OP_NAMES, OpKind, RefKind } from "./patch.ts";
@@ -32,8 +32,15 @@ import { U32List } from "./_u32_list.ts";
 export interface ImageSpec {
   /** Stable id (the backup stores it as `ID.img`). */
   id: string;
-  /** Size in bytes. */
+  /** Size in bytes (for a sized image, its capacity). */
   size: number;
+  /**
+   * A sized image: its contents are the first `length` bytes, reported by
+   * each capture (`CaptureResult.lengths`), and zeros up to `size`. The
+   * length is committed with every epoch. Default false: every byte is
+   * contents.
+   */
+  sized?: boolean;
 }
 
 /** Options of {@linkcode EpochEncoder}. */
@@ -231,7 +238,7 @@ export class EpochEncoder {
    * 0: a promoted backup continues from its last committed checkpoint, so
    * peers at that epoch carry on incrementally.
    */
-  seed(epoch: number, contents: Uint8Array[]): void {
+  seed(epoch: number, contents: Uint8Array[], lengths?: number[]): void {
     if (!Number.isSafeInteger(epoch) || epoch < 0) {
       throw new RangeError(
         `epoch must be a non-negative integer, got ${epoch}`,
@@ -242,7 +249,7 @@ export class EpochEncoder {
         `expected ${this.images.length} images, got ${contents.length}`,
       );
     }
-    this.images.forEach((image, s) => image.reset(contents[s]));
+    this.images.forEach((image, s) => image.reset(contents[s], lengths?.[s]));
     this.index.rebuild();
     if (this.#anchors) {
       this.images.forEach((image, s) => {
@@ -276,10 +283,14 @@ export class EpochEncoder {
    * source's dirty log: bit `p & 31` of word `p >>> 5`); only those are
    * hashed. Pages it leaves out must be unchanged. null or absent: the
    * whole image is scanned.
+   *
+   * `lengths`, per image, gives a sized image's length in use (its bytes
+   * past it must be zero); absent: the whole size.
    */
   encode(
     current: Uint8Array[],
     dirtyPages?: (Uint32Array | null)[],
+    lengths?: (number | undefined)[],
   ): EncodedEpoch {
     const t0 = performance.now();
     if (current.length !== this.images.length) {
@@ -295,6 +306,11 @@ export class EpochEncoder {
           } bytes, expected ${this.images[s].size}`,
         );
       }
+      checkLength(
+        this.images[s].id,
+        this.images[s].size,
+        lengths?.[s] ?? this.images[s].size,
+      );
     }
     const epoch = this.#epoch + 1;
     const stats: EpochStats = {
@@ -344,10 +360,12 @@ export class EpochEncoder {
     for (let s = 0; s < current.length; s++) {
       this.#commitImage(s, current[s]);
       const image = this.images[s];
+      image.length = lengths?.[s] ?? image.size;
       const d = image.digestValue();
       commitImages.push({
         id: image.id,
         size: image.size,
+        ...(image.length !== image.size ? { length: image.length } : {}),
         chunks: this.#work[s].chunks,
         digestLo: d.lo,
         digestHi: d.hi,

@@ -25,7 +25,7 @@ import { type Level, levelCode, levelFromCode } from "./level.ts";
 /** Frame magic: the first element of every frame. */
 export const FRAME_MAGIC = "PWR";
 /** Wire format version this build writes and accepts. */
-export const FRAME_VERSION = 2;
+export const FRAME_VERSION = 3;
 
 /** Frame types. */
 export const FrameType = { PATCH: 1, COMMIT: 2 } as const;
@@ -58,6 +58,12 @@ export interface PatchBody {
 export interface CommitImage {
   id: string;
   size: number;
+  /**
+   * Bytes in use after the epoch, for a sized image (a guest's device state,
+   * whose size changes between checkpoints: contents, then zeros up to
+   * `size`); absent when every byte is contents. Covered by the digest.
+   */
+  length?: number;
   /** PATCH chunks sent for this image in this epoch. */
   chunks: number;
   /** Digest lanes after applying the epoch. */
@@ -236,6 +242,13 @@ export function decodeFrame(bytes: Uint8Array): Frame {
         isUint(image.chunks) && isUint(image.digestLo) &&
         isUint(image.digestHi),
       "commit image entries need id, size, chunks, digestLo and digestHi",
+    );
+    need(
+      image.length === undefined ||
+        (isUint(image.length) && image.length <= image.size),
+      `commit image "${image.id}" has length ${
+        show(image.length)
+      }, expected a byte count within its size ${image.size}`,
     );
   }
   return { type: FrameType.COMMIT, level, epoch, imageId, body: c };

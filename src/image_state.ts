@@ -27,6 +27,12 @@ export class ImageState {
   readonly hashes: Uint32Array;
   /** Digest of the committed contents. */
   readonly digest: DigestAccumulator = new DigestAccumulator();
+  /**
+   * Bytes in use: `size` for an image whose every byte is contents; less for
+   * a sized image (a guest's device state), whose bytes past `length` are
+   * zeros. It is part of the digest and committed with each epoch.
+   */
+  length: number;
 
   /**
    * A new image of `size` bytes, all zero (the state every replication starts
@@ -40,6 +46,7 @@ export class ImageState {
     options: { initial?: Uint8Array; hashes?: Uint32Array } = {},
   ) {
     const initial = options.initial;
+    this.length = size;
     if (!Number.isSafeInteger(size) || size < 0) {
       throw new RangeError(
         `image "${id}": size must be a non-negative integer, got ${size}`,
@@ -85,12 +92,13 @@ export class ImageState {
    * Replaces the committed contents with `contents` (exactly `size` bytes) and
    * recomputes every hash and the digest: loading a stored image, or a base sync.
    */
-  reset(contents: Uint8Array): void {
+  reset(contents: Uint8Array, length = this.size): void {
     if (contents.length !== this.size) {
       throw new RangeError(
         `image "${this.id}": new contents are ${contents.length} bytes, expected ${this.size}`,
       );
     }
+    this.length = checkLength(this.id, this.size, length);
     this.committed.set(contents);
     this.committed.fill(0, this.size);
     this.hasher.hashAll(this.committed.subarray(0, this.size), this.hashes);
@@ -106,6 +114,19 @@ export class ImageState {
 
   /** Digest of the committed contents. */
   digestValue(): ImageDigest {
-    return this.digest.value(this.size);
+    return this.digest.value(this.size, this.length);
   }
+}
+
+/**
+ * Checks a length in use against an image's size; returns it. The message
+ * names the image and both numbers.
+ */
+export function checkLength(id: string, size: number, length: number): number {
+  if (!Number.isSafeInteger(length) || length < 0 || length > size) {
+    throw new RangeError(
+      `image "${id}": length ${length} is not within its size (0 to ${size} bytes)`,
+    );
+  }
+  return length;
 }

@@ -58,6 +58,8 @@ export interface ImageInfo {
 
 /** An image with its digest at some epoch. */
 export interface ImageDigestInfo extends ImageInfo {
+  /** Bytes in use, for a sized image (see `CommitImage.length`); absent: all of `size`. */
+  length?: number;
   digestLo: number;
   digestHi: number;
 }
@@ -238,6 +240,13 @@ function checkImages(v: unknown, digests: boolean, what: string): void {
       `${what}: each image needs id and size${
         digests ? ", digestLo and digestHi" : ""
       }`,
+    );
+    need(
+      i.length === undefined ||
+        (digests && isUint(i.length) && i.length <= (i.size as number)),
+      `${what}: image ${JSON.stringify(i.id)} has length ${
+        String(i.length)
+      }, expected a byte count within its size ${i.size}`,
     );
   }
 }

@@ -210,7 +210,11 @@ export class Relay implements LinkOwner, ReplicaHooks {
     images: ImageDigestInfo[],
   ): AckLevel | null {
     if (this.#candidate) this.#adopt(this.#candidate, 0);
-    this.decoder!.load(epoch, contents);
+    this.decoder!.load(
+      epoch,
+      contents,
+      images.map((i) => i.length ?? i.size),
+    );
     this.retained.restart(epoch, images);
     // The peers' acks were for the old log, maybe another history.
     for (const l of this.links) l.acks.reset(0);
