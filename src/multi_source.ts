@@ -7,6 +7,7 @@ import type { ImageSpec } from "./encoder.ts";
 import {
   type CaptureResult,
   checkInto,
+  type HeldOutput,
   type Source,
   SourceError,
 } from "./source.ts";
@@ -15,9 +16,21 @@ import {
 export class MultiSource implements Source {
   readonly name: string;
   readonly images: ImageSpec[];
+  readonly held?: HeldOutput;
   constructor(readonly parts: Source[]) {
     this.name = parts.map((p) => p.name).join(" ");
     this.images = parts.flatMap((p) => p.images);
+    const held = parts.flatMap((p) => p.held ? [p.held] : []);
+    if (held.length === 1) this.held = held[0];
+    else if (held.length > 1) {
+      this.held = {
+        what: held.map((h) => h.what).join("; "),
+        async committed(epoch) {
+          for (const h of held) await h.committed(epoch);
+        },
+        status: () => ({ parts: held.map((h) => h.status()) }),
+      };
+    }
     const ids = new Set<string>();
     for (const s of this.images) {
       if (ids.has(s.id)) {
@@ -29,18 +42,22 @@ export class MultiSource implements Source {
     }
   }
 
-  async capture(into: Uint8Array[]): Promise<CaptureResult> {
+  async capture(into: Uint8Array[], epoch?: number): Promise<CaptureResult> {
     checkInto(this.images, into);
     let at = 0, pauseMs = 0;
     const dirtyPages: (Uint32Array | null)[] = [];
+    const lengths: (number | undefined)[] = [];
     for (const p of this.parts) {
       const n = p.images.length;
-      const r = await p.capture(into.slice(at, at + n));
+      const r = await p.capture(into.slice(at, at + n), epoch);
       pauseMs += r.pauseMs;
-      for (let i = 0; i < n; i++) dirtyPages.push(r.dirtyPages?.[i] ?? null);
+      for (let i = 0; i < n; i++) {
+        dirtyPages.push(r.dirtyPages?.[i] ?? null);
+        lengths.push(r.lengths?.[i]);
+      }
       at += n;
     }
-    return { pauseMs, dirtyPages };
+    return { pauseMs, dirtyPages, lengths };
   }
 
   async close(): Promise<void> {

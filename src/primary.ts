@@ -17,6 +17,7 @@ import {
   formatAckPolicy,
 } from "./ack_policy.ts";
 import { AckLevel, type ImageDigestInfo } from "./protocol.ts";
+import { imageDigestInfo } from "./_upstream.ts";
 import { RetainedLog } from "./retained_log.ts";
 import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
 import type { BaseSnapshot } from "./base_sync.ts";
@@ -42,7 +43,7 @@ export interface PrimaryOptions {
   maxInFlight?: number;
   link?: PeerLinkOptions;
   /** Start from this committed state instead of all-zero epoch 0 (a promoted backup). */
-  seed?: { epoch: number; contents: Uint8Array[] };
+  seed?: { epoch: number; contents: Uint8Array[]; lengths?: number[] };
   /** Log lines. Default: stderr. */
   note?: (line: string) => void;
 }
@@ -98,6 +99,7 @@ export class Primary implements LinkOwner {
   #inFlight: InFlight[] = [];
   #listeners: ((r: CheckpointResult) => void)[] = [];
   #busy: Promise<unknown> = Promise.resolve();
+  #releasing: Promise<void> = Promise.resolve();
   #timer: Promise<void> | null = null;
   #stopped = false;
   #commitWaiters: (() => void)[] = [];
@@ -109,6 +111,11 @@ export class Primary implements LinkOwner {
       level: AckLevel.applied,
     };
     checkAckPolicy(this.policy, options.to.length);
+    if (source.held && this.policy.who.kind === "none") {
+      throw new RangeError(
+        `--ack none with ${source.held.what} held: no epoch would ever commit, so nothing held would ever be released; give --ack all, quorum:K or any`,
+      );
+    }
     if (options.to.length === 0 && this.policy.who.kind !== "none") {
       throw new RangeError(
         `no downstream peers: --to is needed unless --ack none`,
@@ -124,7 +131,11 @@ export class Primary implements LinkOwner {
     this.ackLevel = this.policy.level;
     this.#note = options.note ?? ((l) => console.error(l));
     if (options.seed) {
-      this.encoder.seed(options.seed.epoch, options.seed.contents);
+      this.encoder.seed(
+        options.seed.epoch,
+        options.seed.contents,
+        options.seed.lengths,
+      );
     }
     this.committed = this.encoder.epoch;
     this.retained = new RetainedLog(options.logBytes ?? 256 << 20);
@@ -182,12 +193,14 @@ export class Primary implements LinkOwner {
       if (this.#stopped) throw new Error("the primary is stopped");
     }
     const t0 = performance.now();
-    const { pauseMs, dirtyPages } = await this.source.capture(
+    const { pauseMs, dirtyPages, lengths } = await this.source.capture(
       this.encoder.captureBuffers,
+      this.encoder.epoch + 1,
     );
     const { epoch, frames, stats } = this.encoder.encode(
       this.encoder.captureBuffers,
       dirtyPages,
+      lengths,
     );
     faultPoint("primary.encoded");
     const bytes = frames.reduce((n, f) => n + f.length, 0);
@@ -254,6 +267,18 @@ export class Primary implements LinkOwner {
     if (c <= this.committed) return;
     this.committed = c;
     faultPoint("primary.committing");
+    const held = this.source.held;
+    if (held) {
+      // Output commit: what the source held for epochs up to c goes out now, in order.
+      this.#releasing = this.#releasing.then(() => held.committed(c)).catch(
+        (e) =>
+          this.#note(
+            `releasing ${held.what} of epoch ${c} failed: ${
+              (e as Error).message
+            }`,
+          ),
+      );
+    }
     const now = performance.now();
     while (this.#inFlight.length && this.#inFlight[0].epoch <= c) {
       const f = this.#inFlight.shift()!;
@@ -268,10 +293,7 @@ export class Primary implements LinkOwner {
   }
 
   #digests(): ImageDigestInfo[] {
-    return this.encoder.images.map((i) => {
-      const d = i.digestValue();
-      return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
-    });
+    return this.encoder.images.map(imageDigestInfo);
   }
 
   images(): { id: string; size: number }[] {
@@ -316,6 +338,7 @@ export class Primary implements LinkOwner {
         bytes: this.retained.bytes,
       },
       peers: this.links.map((l) => l.status()),
+      ...(this.source.held ? { held: this.source.held.status() } : {}),
     };
   }
 

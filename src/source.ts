@@ -24,6 +24,25 @@ export interface CaptureResult {
    * log; null or absent: unknown, the encoder scans the whole image.
    */
   dirtyPages?: (Uint32Array | null)[];
+  /**
+   * Per image, the length in use of a sized image (`ImageSpec.sized`): its
+   * contents are the first `length` bytes, and the source zeroed the rest.
+   * Absent or undefined for an image: all of its size.
+   */
+  lengths?: (number | undefined)[];
+}
+
+/** Output a source holds until the checkpoint that produced it is committed (Remus's output commit). */
+export interface HeldOutput {
+  /** What is held, for messages: e.g. `network output of netdev n0`. */
+  readonly what: string;
+  /**
+   * Every epoch up to and including `epoch` is committed: releases what the
+   * source holds for them. Called in order, never twice for an epoch.
+   */
+  committed(epoch: number): Promise<void>;
+  /** Figures for /status (and, flattened, /metrics). */
+  status(): Record<string, unknown>;
 }
 
 /** Something with images to replicate. */
@@ -36,8 +55,13 @@ export interface Source {
    * `images[i].size` bytes). Callers pass the same buffers every time, so a
    * source with a dirty log may write only the pages it reports in
    * `dirtyPages`.
+   *
+   * `epoch` is the epoch this capture will be committed as: a source that
+   * holds output ties what the workload emits up to this capture to it.
    */
-  capture(into: Uint8Array[]): Promise<CaptureResult>;
+  capture(into: Uint8Array[], epoch?: number): Promise<CaptureResult>;
+  /** Present when the source holds output until its epoch commits. */
+  readonly held?: HeldOutput;
   close(): Promise<void>;
 }
 

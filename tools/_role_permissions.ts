@@ -8,7 +8,7 @@
 const DENO_JSON = new URL("../deno.json", import.meta.url);
 
 /** A tool that `deno.json` has a task for. */
-export type RoleTool = "primary" | "relay" | "backup" | "demo";
+export type RoleTool = "primary" | "relay" | "backup" | "demo" | "resume";
 
 /**
  * The flags between `run` and the script in `deno task TOOL`, e.g.

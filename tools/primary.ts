@@ -28,6 +28,7 @@ import { parseLevel } from "../src/level.ts";
 import { openSources } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
+import { type CheckpointSeed, checkpointSeed } from "../src/resume.ts";
 
 const USAGE =
   `usage: deno task primary --source SOURCE [--source SOURCE...] --to URL[,URL...]
@@ -41,8 +42,15 @@ peers (--ack, default all) acknowledged it how far (--ack-level, default applied
 Logs one line per committed epoch.
 
 SOURCE (several --source make several images, one epoch across all):
-        qemu:QMP_SOCKET?mem=PATH (a live QEMU guest whose RAM is the shared
-          memory-backend-file PATH; paused with QMP stop/cont per capture),
+        qemu:QMP_SOCKET?mem=PATH[&hold=NETDEV,...|all][&state=off]
+          (a live QEMU guest whose RAM is the shared memory-backend-file
+          PATH; per checkpoint, paused with QMP stop/cont while its RAM is
+          copied and its CPU and device state saved: images ID, ID.state and
+          ID.machine, which resume turns back into a running guest. hold=
+          releases the guest's network output on those netdevs only once its
+          epoch is committed (not with --ack none); state=off: RAM only,
+          which cannot be resumed. Also &id=NAME, &state-size=SIZE,
+          &timeout=MS, &pid=PID),
         proc:PID[?size=SIZE&dirty=auto|scan] (a live process's writable
           memory, stopped with SIGSTOP/SIGCONT per capture; images proc-PID
           and proc-PID.layout; soft-dirty pages only where the kernel has them),
@@ -57,6 +65,10 @@ URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH,
                     capture waits (default 16; raise it on long, lossy links
                     where commit latency exceeds 16 intervals)
   --epochs N        stop after N committed epochs (default: run until stopped)
+  --from-store DIR  start from the checkpoint in backup store DIR instead of
+                    epoch 0: after resume brought a guest back on this host,
+                    the backups that hold that checkpoint continue from it
+                    incrementally (the sources must give the store's images)
 ${COMMON_HELP}`;
 
 await runMain(USAGE, async () => {
@@ -70,6 +82,7 @@ await runMain(USAGE, async () => {
     "log-bytes",
     "max-in-flight",
     "epochs",
+    "from-store",
     ...COMMON_VALUED,
   ], ["help"]);
   if (args.options.has("help")) {
@@ -103,7 +116,16 @@ await runMain(USAGE, async () => {
   let primary: Primary | null = null;
   const { app } = controlApp(args, () => primary!);
   const source = await openSources(sources);
+  const fromStore = last(args, "from-store");
+  let seed: CheckpointSeed | undefined;
+  try {
+    seed = fromStore ? checkpointSeed(fromStore, source.images) : undefined;
+  } catch (e) {
+    await source.close();
+    throw e;
+  }
   primary = new Primary(source, {
+    seed,
     to,
     ack: policy,
     level,
