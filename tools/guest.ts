@@ -115,9 +115,9 @@ while [ ! -S /dev/log ]; do
 done
 pwcounter=0
 while true; do
-  i=$((i+1))
-  echo "count $i"
-  logger -t pw "count $i"
+  pwcounter=$((pwcounter+1))
+  echo "count $pwcounter"
+  logger -t pw "count $pwcounter"
   usleep 50000
 done`;
 }

@@ -1,0 +1,586 @@
+/**
+ * A VM survives its host: a counting guest (real QEMU under TCG, see
+ * `counterWorkload` in tools/guest.ts) replicated by real role processes —
+ * primary, relay, two backups — with its network output held until each
+ * epoch commits. Its QEMU and the primary are killed at seeded random
+ * instants; the guest is resumed from a backup's store with `deno task
+ * resume`, and:
+ *
+ * - the resumed guest continues from the checkpoint's counter (read from the
+ *   checkpoint's RAM image);
+ * - the host listener's counters never repeat and never go back, across
+ *   the failover;
+ * - without `hold` the same failover shows the duplicates (so the test
+ *   proves output commit matters);
+ * - the resumed guest, protected in turn with `--from-store`, continues on
+ *   the other backup incrementally, without a base sync.
+ *
+ * Needs qemu-system-x86_64, a kernel in /boot with virtio_net, busybox and
+ * cpio (.ci/run installs them).
+ */
+
+import { assert, assertEquals } from "./_assert.ts";
+import { type Guest, startGuest } from "../tools/guest.ts";
+import { rolePermissions, type RoleTool } from "../tools/_role_permissions.ts";
+import { type CounterListener, listenCounters } from "./_counter_guest.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+/** Seeded instants: the same seed kills at the same moments. */
+const SEED = 20261203;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Loopback ports handed out in order, each checked free: distinct by construction. */
+class Ports {
+  #next = 21000 + (Deno.pid % 400) * 20;
+  take(): number {
+    for (let i = 0; i < 2000; i++) {
+      const port = this.#next++;
+      if (this.#next > 31999) this.#next = 21000;
+      try {
+        Deno.listen({ hostname: "127.0.0.1", port }).close();
+        return port;
+      } catch {
+        // taken: the next one
+      }
+    }
+    throw new Error("no free loopback port in 21000-31999");
+  }
+}
+
+/** A role process whose output lines are kept. */
+class Role {
+  readonly child: Deno.ChildProcess;
+  readonly lines: string[] = [];
+  readonly done: Promise<Deno.CommandStatus>;
+  exited = false;
+
+  constructor(readonly tool: RoleTool, args: string[]) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...rolePermissions(tool),
+        `${ROOT}tools/${tool}.ts`,
+        ...args,
+      ],
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const read = async (s: ReadableStream<Uint8Array>) => {
+      let buf = "";
+      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
+        buf += chunk;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          this.lines.push(buf.slice(0, nl));
+          buf = buf.slice(nl + 1);
+        }
+      }
+      if (buf) this.lines.push(buf);
+    };
+    const readers = Promise.all([
+      read(this.child.stdout),
+      read(this.child.stderr),
+    ]);
+    this.done = this.child.status.then(async (s) => {
+      await readers.catch(() => {});
+      this.exited = true;
+      return s;
+    });
+  }
+
+  /** Epochs the primary reported committed. */
+  commits(): number[] {
+    return this.lines.flatMap((l) => {
+      const m = /^epoch (\d+) committed/.exec(l);
+      return m ? [Number(m[1])] : [];
+    });
+  }
+
+  kill(signal: Deno.Signal): void {
+    try {
+      this.child.kill(signal);
+    } catch {
+      // gone
+    }
+  }
+
+  tail(): string {
+    return this.lines.slice(-15).map((l) => `  ${this.tool}| ${l}`).join("\n");
+  }
+}
+
+async function until(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  roles: Role[] = [],
+  ms = 60_000,
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) {
+      throw new Error(
+        `timed out waiting for ${what}\n${
+          roles.map((r) => r.tail()).join("\n")
+        }`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The counting guest's counter in a RAM image: the newest `pwcounter=N` its shell holds. */
+function counterInRam(ram: Uint8Array): number {
+  // Older values linger in freed memory; values only grow, so the largest is the variable's.
+  const needle = new TextEncoder().encode("pwcounter=");
+  let best = -1;
+  outer: for (
+    let i = ram.indexOf(needle[0]);
+    i >= 0;
+    i = ram.indexOf(needle[0], i + 1)
+  ) {
+    for (let k = 1; k < needle.length; k++) {
+      if (ram[i + k] !== needle[k]) continue outer;
+    }
+    let n = 0, d = 0;
+    for (
+      let j = i + needle.length;
+      d < 12 && ram[j] >= 48 && ram[j] <= 57;
+      j++, d++
+    ) {
+      n = n * 10 + ram[j] - 48;
+    }
+    if (d > 0 && ram[i + needle.length + d] === 0 && n > best) best = n;
+  }
+  return best;
+}
+
+async function runTool(tool: RoleTool, args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...rolePermissions(tool), `${ROOT}tools/${tool}.ts`, ...args],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
+}
+
+interface Cluster {
+  guest: Guest;
+  listener: CounterListener;
+  primary: Role;
+  relay: Role;
+  backups: Role[];
+  stores: string[];
+  backupUrls: string[];
+  primaryHttp: string;
+}
+
+async function startCluster(
+  dir: string,
+  ports: Ports,
+  hold: boolean,
+  interval: string,
+): Promise<Cluster> {
+  const listener = listenCounters();
+  const guest = await startGuest({
+    dir: `${dir}/vm`,
+    memMiB: 128,
+    net: { udpPort: listener.port },
+  });
+  const stores = [`${dir}/b1`, `${dir}/b2`];
+  const backupUrls = stores.map(() => `tcp://127.0.0.1:${ports.take()}`);
+  const backups = stores.map((store, i) =>
+    new Role("backup", ["--listen", backupUrls[i], "--store", store])
+  );
+  const relayUrl = `tcp://127.0.0.1:${ports.take()}`;
+  const relay = new Role("relay", [
+    "--listen",
+    relayUrl,
+    "--to",
+    backupUrls.join(","),
+    "--ack",
+    "all",
+  ]);
+  const primaryHttp = `127.0.0.1:${ports.take()}`;
+  const primary = new Role("primary", [
+    "--source",
+    `${guest.spec}${hold ? "&hold=n0" : ""}`,
+    "--to",
+    relayUrl,
+    "--interval",
+    interval,
+    "--ack",
+    "all",
+    "--http",
+    primaryHttp,
+  ]);
+  return {
+    guest,
+    listener,
+    primary,
+    relay,
+    backups,
+    stores,
+    backupUrls,
+    primaryHttp,
+  };
+}
+
+/** Takes `n` checkpoints through the primary's control API, each committed. */
+async function checkpoints(c: Cluster, n: number): Promise<void> {
+  await until(
+    () =>
+      fetch(`http://${c.primaryHttp}/healthz`).then(
+        (r) => r.body?.cancel().then(() => r.ok) ?? r.ok,
+        () => false,
+      ),
+    "the primary's control API",
+    [c.primary, c.relay, ...c.backups],
+  );
+  for (let i = 0; i < n; i++) {
+    const res = await fetch(`http://${c.primaryHttp}/checkpoint`, {
+      method: "POST",
+    });
+    assert(res.ok, `POST /checkpoint: ${res.status}`);
+    await res.json();
+  }
+}
+
+/** Stops the relay and the backups cleanly (their stores are flushed). */
+async function stopFollowers(c: Cluster): Promise<void> {
+  for (const r of [c.relay, ...c.backups]) r.kill("SIGTERM");
+  for (const r of [c.relay, ...c.backups]) await r.done;
+}
+
+function storeState(dir: string): {
+  epoch: number;
+  images: { id: string; size: number; length?: number }[];
+} {
+  return JSON.parse(Deno.readTextFileSync(`${dir}/state.json`));
+}
+
+/** Resumes from `store` with the stored command line; returns the tool's JSON. */
+async function resume(store: string, dir: string) {
+  const r = await runTool("resume", ["--store", store, "--dir", dir, "--json"]);
+  if (r.code !== 0) throw new Error(`resume failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as {
+    epoch: number;
+    pid: number;
+    qmp: string;
+    mem: string;
+    spec: string;
+    times: Record<string, number>;
+  };
+}
+
+function consoleOf(dir: string): number[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(`${dir}/console.log`);
+  } catch {
+    return [];
+  }
+  return [...text.matchAll(/^count (\d+)\r?\n/gm)].map((m) => Number(m[1]));
+}
+
+function killPid(pid: number): void {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch {
+    // gone
+  }
+}
+
+async function pidGone(pid: number): Promise<boolean> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    return stat.split(" ")[2] === "Z";
+  } catch {
+    return true;
+  }
+}
+
+/** Every counter greater than the one before it: nothing repeated, nothing went back. */
+function assertIncreasing(counters: number[], what: string): void {
+  for (let i = 1; i < counters.length; i++) {
+    assert(
+      counters[i] > counters[i - 1],
+      `${what}: counter ${counters[i]} arrived after ${
+        counters[i - 1]
+      } (position ${i}): ${
+        counters.slice(Math.max(0, i - 5), i + 5).join(",")
+      }`,
+    );
+  }
+}
+
+Deno.test({
+  name:
+    "vm failover: the guest resumes on a backup from its last committed checkpoint; held output is never repeated",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    const random = rng(SEED);
+    const ports = new Ports();
+    console.log(`vm failover: seed ${SEED}`);
+
+    for (let trial = 0; trial < 3; trial++) {
+      const killAfterMs = Math.floor(random() * 1500);
+      const qemuFirst = trial % 2 === 0;
+      const gapMs = Math.floor(random() * 300);
+      await t.step(
+        `trial ${trial}: hold=n0, kill -9 ${
+          qemuFirst ? "QEMU then the primary" : "the primary then QEMU"
+        } ${gapMs} ms apart, ${killAfterMs} ms into the run`,
+        async () => {
+          const dir = await Deno.makeTempDir({ prefix: "pw-failover-" });
+          const c = await startCluster(dir, ports, true, "100");
+          let resumedPid = 0;
+          try {
+            const all = [c.primary, c.relay, ...c.backups];
+            await until(
+              () =>
+                c.primary.commits().length >= 3 &&
+                c.listener.counters.length >= 5,
+              "3 commits and 5 released datagrams",
+              all,
+            );
+            await new Promise((r) => setTimeout(r, killAfterMs));
+            const killQemu = () => c.guest.process.kill("SIGKILL");
+            const killPrimary = () => c.primary.kill("SIGKILL");
+            (qemuFirst ? killQemu : killPrimary)();
+            await new Promise((r) => setTimeout(r, gapMs));
+            (qemuFirst ? killPrimary : killQemu)();
+            await c.primary.done;
+            await c.guest.stop();
+            const lastCommit = c.primary.commits().at(-1)!;
+            await stopFollowers(c);
+            const before = [...c.listener.counters];
+            assertIncreasing(before, "before the failover");
+            assertEquals(
+              before,
+              before.map((_, i) => before[0] + i),
+              "held output is released in order, none lost",
+            );
+            const L = before.at(-1)!;
+
+            const state = storeState(c.stores[0]);
+            assert(
+              state.epoch >= lastCommit,
+              `backup holds epoch ${state.epoch}, the primary reported ${lastCommit} committed`,
+            );
+            const M = counterInRam(
+              await Deno.readFile(`${c.stores[0]}/ram.img`),
+            );
+            assert(
+              M >= L,
+              `the checkpoint's counter ${M} is behind what was released (${L})`,
+            );
+
+            const r = await resume(c.stores[0], `${dir}/resumed`);
+            resumedPid = r.pid;
+            assertEquals(r.epoch, state.epoch);
+            await until(
+              () => consoleOf(`${dir}/resumed`).length >= 5,
+              "the resumed guest to count",
+            );
+            await until(
+              () => c.listener.counters.length >= before.length + 5,
+              "datagrams from the resumed guest",
+            );
+            const first = consoleOf(`${dir}/resumed`)[0];
+            const after = c.listener.counters.slice(before.length);
+            // The checkpoint holds pwcounter=M: the guest's next datagram is
+            // M (if the checkpoint fell between the increment and its send)
+            // or M+1, and its console goes on from M or M+1.
+            assert(
+              after[0] === M || after[0] === M + 1,
+              `the resumed guest's first datagram is ${
+                after[0]
+              }, expected ${M} or ${M + 1} (the checkpoint's counter)`,
+            );
+            assert(
+              first === M || first === M + 1,
+              `resumed console starts at ${first}`,
+            );
+            assertIncreasing(c.listener.counters, "across the failover");
+            assert(after[0] > L, `no repeat: ${after[0]} after ${L}`);
+            console.log(
+              `  committed ${lastCommit}, resumed epoch ${state.epoch}: released up to ${L}, checkpoint counter ${M}, resumed guest sent ${
+                after[0]
+              } first; resume ${r.times.totalMs.toFixed(0)} ms`,
+            );
+          } finally {
+            if (resumedPid) killPid(resumedPid);
+            for (const r of [c.primary, c.relay, ...c.backups]) {
+              r.kill("SIGKILL");
+            }
+            await Promise.all(
+              [c.primary, c.relay, ...c.backups].map((r) => r.done),
+            );
+            await c.guest.stop();
+            await c.listener.close();
+            if (resumedPid) {
+              await until(() => pidGone(resumedPid), "QEMU to exit");
+            }
+            await Deno.remove(dir, { recursive: true });
+          }
+        },
+      );
+    }
+
+    await t.step(
+      "without hold the same failover repeats output the outside world already saw",
+      async () => {
+        const dir = await Deno.makeTempDir({ prefix: "pw-failover-" });
+        const c = await startCluster(dir, ports, false, "manual");
+        let resumedPid = 0;
+        try {
+          const all = [c.primary, c.relay, ...c.backups];
+          await checkpoints(c, 3);
+          // The guest sends on after the last checkpoint; then its host dies.
+          const seen = c.listener.counters.length;
+          await until(
+            () => c.listener.counters.length >= seen + 3,
+            "3 more datagrams",
+            all,
+          );
+          c.primary.kill("SIGKILL");
+          c.guest.process.kill("SIGKILL");
+          await c.primary.done;
+          await c.guest.stop();
+          await stopFollowers(c);
+          const before = [...c.listener.counters];
+          const r = await resume(c.stores[0], `${dir}/resumed`);
+          resumedPid = r.pid;
+          await until(
+            () => c.listener.counters.length >= before.length + 3,
+            "datagrams from the resumed guest",
+          );
+          const after = c.listener.counters.slice(before.length);
+          assert(
+            after[0] <= before.at(-1)!,
+            `without hold the resumed guest repeats what was sent: it sent ${
+              after[0]
+            } after ${before.at(-1)}`,
+          );
+        } finally {
+          if (resumedPid) killPid(resumedPid);
+          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
+          await Promise.all(
+            [c.primary, c.relay, ...c.backups].map((r) => r.done),
+          );
+          await c.guest.stop();
+          await c.listener.close();
+          if (resumedPid) {
+            await until(() => pidGone(resumedPid), "QEMU to exit");
+          }
+          await Deno.remove(dir, { recursive: true });
+        }
+      },
+    );
+
+    await t.step(
+      "the resumed guest is protected in turn: the other backup continues from the same checkpoint without a base sync",
+      async () => {
+        const dir = await Deno.makeTempDir({ prefix: "pw-failover-" });
+        const c = await startCluster(dir, ports, true, "manual");
+        let resumedPid = 0;
+        let next: Role | null = null;
+        let b2: Role | null = null;
+        try {
+          const all = [c.primary, c.relay, ...c.backups];
+          // Manual checkpoints: once one commits under ack all, both backups hold it.
+          await checkpoints(c, 3);
+          await until(() => c.primary.commits().length >= 3, "3 commits", all);
+          c.primary.kill("SIGKILL");
+          c.guest.process.kill("SIGKILL");
+          await c.primary.done;
+          await c.guest.stop();
+          await stopFollowers(c);
+          const s1 = storeState(c.stores[0]), s2 = storeState(c.stores[1]);
+          assertEquals(s1.epoch, s2.epoch, "both backups hold the last commit");
+          const r = await resume(c.stores[0], `${dir}/resumed`);
+          resumedPid = r.pid;
+          assertEquals(r.epoch, s1.epoch);
+          // The other backup comes back; this host's primary protects the resumed guest.
+          b2 = new Role("backup", [
+            "--listen",
+            c.backupUrls[1],
+            "--store",
+            c.stores[1],
+          ]);
+          const http = `127.0.0.1:${ports.take()}`;
+          next = new Role("primary", [
+            "--source",
+            `${r.spec}&hold=n0`,
+            "--from-store",
+            c.stores[0],
+            "--to",
+            c.backupUrls[1],
+            "--interval",
+            "100",
+            "--http",
+            http,
+          ]);
+          await until(
+            () => next!.commits().some((e) => e >= s1.epoch + 3),
+            "the new primary to commit 3 epochs past the checkpoint",
+            [next, b2],
+          );
+          const status = await (await fetch(`http://${http}/status`)).json();
+          assertEquals(status.peers[0].baseSyncs, 0, "no base sync");
+          const firstCommit = next.commits()[0];
+          assertEquals(
+            firstCommit,
+            s1.epoch + 1,
+            "epochs continue from the checkpoint",
+          );
+          const counted = c.listener.counters.length;
+          await until(
+            () => c.listener.counters.length >= counted + 3,
+            "the protected guest's released output",
+          );
+          assertIncreasing(
+            c.listener.counters,
+            "across failover and re-protection",
+          );
+        } finally {
+          next?.kill("SIGKILL");
+          b2?.kill("SIGKILL");
+          await next?.done;
+          await b2?.done;
+          if (resumedPid) killPid(resumedPid);
+          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
+          await Promise.all(
+            [c.primary, c.relay, ...c.backups].map((r) => r.done),
+          );
+          await c.guest.stop();
+          await c.listener.close();
+          if (resumedPid) {
+            await until(() => pidGone(resumedPid), "QEMU to exit");
+          }
+          await Deno.remove(dir, { recursive: true });
+        }
+      },
+    );
+  },
+});
