@@ -7,7 +7,7 @@
  * length and the bytes are always of one epoch, across crashes.
  */
 
-import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { assert, assertEquals } from "./_assert.ts";
 import { EpochEncoder } from "../src/encoder.ts";
 import { DecodeError, EpochDecoder } from "../src/decoder.ts";
 import { decodeFrame, encodeFrame, FrameType } from "../src/frame.ts";
