@@ -116,6 +116,7 @@ export class DeviceStateChannel {
   readonly #listener: Deno.UnixListener;
   readonly #dir: string;
   readonly path: string;
+  #accepting: Promise<Deno.UnixConn> | null = null;
   #closed = false;
 
   private constructor(dir: string) {
@@ -145,13 +146,16 @@ export class DeviceStateChannel {
     tooLarge: (bytes: number) => string,
   ): Promise<number> {
     const deadline = performance.now() + timeoutMs;
-    const accepted = this.#listener.accept();
+    // An accept left waiting by a save that failed before QEMU connected takes this one's connection.
+    const accepted = this.#accepting ??= this.#listener.accept();
+    accepted.catch(() => {});
     const started = qmp.execute("migrate", { uri: `unix:${this.path}` });
     return (async () => {
       let conn: Deno.UnixConn | null = null;
       try {
         await started;
         conn = await withDeadline(accepted, deadline, "QEMU to connect");
+        this.#accepting = null;
         let n = 0;
         let overflow = 0;
         const spill = new Uint8Array(64 << 10);
@@ -172,7 +176,6 @@ export class DeviceStateChannel {
         }
         return n;
       } catch (e) {
-        accepted.then((c) => c.close(), () => {});
         if (e instanceof DeviceStateError || e instanceof QmpError) throw e;
         throw new DeviceStateError(
           `saving the device state: ${(e as Error).message}`,

@@ -152,6 +152,13 @@ export async function resumeGuest(
   const owned = typeof options.store === "string";
   if (typeof options.store === "string") {
     try {
+      Deno.statSync(`${options.store}/state.json`);
+    } catch {
+      throw new ResumeError(
+        `${options.store} is not a backup store (it has no state.json): give the --store of a backup`,
+      );
+    }
+    try {
       store = BackupStore.open(options.store);
     } catch (e) {
       if (e instanceof StoreError && /already open/.test(e.message)) {
@@ -246,7 +253,7 @@ export async function resumeGuest(
     try {
       // Through sh: QEMU's output goes to a file that outlives this process.
       child = new Deno.Command("sh", {
-        args: ["-c", 'exec "$@" >>"$PATCHWIRE_LOG" 2>&1', "sh", ...command],
+        args: ["-c", 'exec "$@" >"$PATCHWIRE_LOG" 2>&1', "sh", ...command],
         env: { PATCHWIRE_LOG: log },
         stdin: "null",
         stdout: "null",
