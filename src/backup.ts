@@ -21,6 +21,9 @@ import {
 import { Primary, type PrimaryOptions } from "./primary.ts";
 import { FileSource } from "./file_source.ts";
 import { MultiSource } from "./multi_source.ts";
+import { QemuSource } from "./qemu_source.ts";
+import { type ResumedGuest, resumeGuest } from "./resume.ts";
+import type { Source } from "./source.ts";
 import { formatDigest } from "./digest.ts";
 
 /** Options of {@linkcode Backup.open}. */
@@ -46,7 +49,26 @@ export interface BackupOptions {
 const MAX_PENDING_EPOCHS = 16;
 
 /** What promotion needs: the primary's options (its source is the store's images). */
-export type PromoteOptions = Omit<PrimaryOptions, "seed">;
+export interface PromoteOptions extends Omit<PrimaryOptions, "seed"> {
+  /**
+   * Resume the store's QEMU guest on this host first (see `resume.ts`), and
+   * replicate that guest (a `qemu:` source on the resumed QEMU) instead of
+   * the store's files: the other backups that hold the same checkpoint
+   * continue from it incrementally.
+   */
+  resume?: PromoteResume;
+}
+
+/** The resume of {@linkcode PromoteOptions}: `resumeGuest`'s options, and what to hold. */
+export interface PromoteResume {
+  command?: string[];
+  dir?: string;
+  qmp?: string;
+  mem?: string;
+  image?: string;
+  /** `hold=` of the new primary's source: netdevs whose output it holds. */
+  hold?: string;
+}
 
 /**
  * @example
@@ -64,6 +86,8 @@ export class Backup implements ReplicaHooks {
   upstream: UpstreamServer;
   appliedEpochs = 0;
   promoted: Primary | null = null;
+  /** The guest `promote` resumed, if it resumed one. */
+  resumed: ResumedGuest | null = null;
   #note: (line: string) => void;
 
   #store: BackupStore;
@@ -420,16 +444,50 @@ export class Backup implements ReplicaHooks {
     await this.upstream.close();
     this.#flush(decoder);
     this.store.sync();
-    const sources = decoder.images.map((i) =>
-      new FileSource(`${this.store.dir}/${i.id}.img`, i.size, i.id)
-    );
-    const source = sources.length === 1 ? sources[0] : new MultiSource(sources);
+    let source: Source;
+    const { resume, ...primaryOptions } = options;
+    if (resume) {
+      let spec: string;
+      let command: string[];
+      try {
+        const r = await resumeGuest({
+          store: this.store,
+          epoch: decoder.epoch,
+          image: resume.image,
+          command: resume.command,
+          dir: resume.dir,
+          qmp: resume.qmp,
+          mem: resume.mem,
+        });
+        this.resumed = r;
+        this.#note(
+          `resumed "${r.image}" at epoch ${r.epoch}: QEMU pid ${r.pid}, QMP ${r.qmp} (${
+            r.times.totalMs.toFixed(0)
+          } ms)`,
+        );
+        spec = r.spec + (resume.hold ? `&hold=${resume.hold}` : "");
+        command = r.command;
+      } catch (e) {
+        throw new Error(
+          `${
+            (e as Error).message
+          } (this backup no longer takes epochs from its upstream: restart it to follow again)`,
+        );
+      }
+      source = await QemuSource.open(spec, { command });
+    } else {
+      const sources = decoder.images.map((i) =>
+        new FileSource(`${this.store.dir}/${i.id}.img`, i.size, i.id)
+      );
+      source = sources.length === 1 ? sources[0] : new MultiSource(sources);
+    }
     const primary = new Primary(source, {
       note: this.#note,
-      ...options,
+      ...primaryOptions,
       seed: {
         epoch: decoder.epoch,
         contents: decoder.images.map((i) => i.committed.subarray(0, i.size)),
+        lengths: decoder.images.map((i) => i.length),
       },
     });
     this.promoted = primary;

@@ -139,7 +139,13 @@ export class QemuSource implements Source {
    * `hold=`, installs the output buffers. The guest is paused for that one
    * save (a few ms).
    */
-  static async open(spec: string): Promise<QemuSource> {
+  static async open(
+    spec: string,
+    options: {
+      /** The QEMU command (binary first), when the caller started QEMU itself: /proc is then not read. */
+      command?: string[];
+    } = {},
+  ): Promise<QemuSource> {
     const { target: socket, params, fail } = parseSourceSpec(spec, {
       mem: "PATH",
       id: "NAME",
@@ -274,23 +280,27 @@ export class QemuSource implements Source {
       }
       await checkNotMigrating(qmp, spec);
       await ignoreSharedRam(qmp);
-      const pid = pidParam !== null
-        ? Number(pidParam)
-        : findSocketOwner(Deno.realPathSync(socket));
-      if (pid === null) {
-        fail(
-          `cannot find the QEMU process behind ${socket} to read its command line (another namespace?): give pid=PID`,
-        );
-      }
       let cmd: { binary: string; args: string[] };
-      try {
-        cmd = readCommandLine(pid!);
-      } catch (e) {
-        return fail(
-          `cannot read the command line of QEMU (pid ${pid}): ${
-            (e as Error).message
-          }`,
-        );
+      if (options.command) {
+        cmd = { binary: options.command[0], args: options.command.slice(1) };
+      } else {
+        const pid = pidParam !== null
+          ? Number(pidParam)
+          : findSocketOwner(Deno.realPathSync(socket));
+        if (pid === null) {
+          fail(
+            `cannot find the QEMU process behind ${socket} to read its command line (another namespace?): give pid=PID`,
+          );
+        }
+        try {
+          cmd = readCommandLine(pid!);
+        } catch (e) {
+          return fail(
+            `cannot read the command line of QEMU (pid ${pid}): ${
+              (e as Error).message
+            }`,
+          );
+        }
       }
       let holdIds: string[] = [];
       if (holdSpec !== null) {

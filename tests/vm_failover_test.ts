@@ -190,6 +190,7 @@ interface Cluster {
   backups: Role[];
   stores: string[];
   backupUrls: string[];
+  backupHttp: string[];
   primaryHttp: string;
 }
 
@@ -207,8 +208,16 @@ async function startCluster(
   });
   const stores = [`${dir}/b1`, `${dir}/b2`];
   const backupUrls = stores.map(() => `tcp://127.0.0.1:${ports.take()}`);
+  const backupHttp = stores.map(() => `127.0.0.1:${ports.take()}`);
   const backups = stores.map((store, i) =>
-    new Role("backup", ["--listen", backupUrls[i], "--store", store])
+    new Role("backup", [
+      "--listen",
+      backupUrls[i],
+      "--store",
+      store,
+      "--http",
+      backupHttp[i],
+    ])
   );
   const relayUrl = `tcp://127.0.0.1:${ports.take()}`;
   const relay = new Role("relay", [
@@ -240,6 +249,7 @@ async function startCluster(
     backups,
     stores,
     backupUrls,
+    backupHttp,
     primaryHttp,
   };
 }
@@ -568,6 +578,66 @@ Deno.test({
           b2?.kill("SIGKILL");
           await next?.done;
           await b2?.done;
+          if (resumedPid) killPid(resumedPid);
+          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
+          await Promise.all(
+            [c.primary, c.relay, ...c.backups].map((r) => r.done),
+          );
+          await c.guest.stop();
+          await c.listener.close();
+          if (resumedPid) {
+            await until(() => pidGone(resumedPid), "QEMU to exit");
+          }
+          await Deno.remove(dir, { recursive: true });
+        }
+      },
+    );
+
+    await t.step(
+      "one step: POST /promote with resume on a running backup resumes the guest and protects it",
+      async () => {
+        const dir = await Deno.makeTempDir({ prefix: "pw-failover-" });
+        const c = await startCluster(dir, ports, true, "manual");
+        let resumedPid = 0;
+        try {
+          const all = [c.primary, c.relay, ...c.backups];
+          await checkpoints(c, 3);
+          c.primary.kill("SIGKILL");
+          c.guest.process.kill("SIGKILL");
+          await c.primary.done;
+          await c.guest.stop();
+          const before = [...c.listener.counters];
+          // The relay and both backups still run: backup 1 takes over.
+          const res = await fetch(`http://${c.backupHttp[0]}/promote`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({
+              to: [c.backupUrls[1]],
+              interval: 100,
+              resume: { hold: "n0", dir: `${dir}/resumed` },
+            }),
+          });
+          const body = await res.json();
+          assert(res.ok, `POST /promote: ${JSON.stringify(body)}`);
+          resumedPid = body.resumed.pid;
+          assert(body.resumed.times.totalMs > 0);
+          await until(
+            () => consoleOf(`${dir}/resumed`).length >= 3,
+            "the resumed guest to count",
+            all,
+          );
+          await until(
+            () => c.listener.counters.length >= before.length + 3,
+            "the resumed guest's output, released by the promoted backup's commits",
+            all,
+          );
+          const status = await (await fetch(`http://${c.backupHttp[0]}/status`))
+            .json();
+          assertEquals(status.role, "primary");
+          assertEquals(status.peers[0].baseSyncs, 0, "no base sync");
+          assert(status.held.releasedPackets > 0, "held output released");
+          assertIncreasing(c.listener.counters, "across the promotion");
+        } finally {
           if (resumedPid) killPid(resumedPid);
           for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
           await Promise.all(

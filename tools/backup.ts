@@ -17,7 +17,11 @@ import {
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
-import { Backup, type PromoteOptions } from "../src/backup.ts";
+import {
+  Backup,
+  type PromoteOptions,
+  type PromoteResume,
+} from "../src/backup.ts";
 import { parseLevel } from "../src/level.ts";
 import { parseAckLevel, parseAckWho } from "../src/ack_policy.ts";
 import { AckLevel } from "../src/protocol.ts";
@@ -31,6 +35,13 @@ checkpoint, across crashes), and acknowledges it. With --http, POST /promote
 (JSON body: {"to": ["URL", ...], "ack": "all", "ackLevel": "applied",
 "interval": 1000, "level": "fast"}) makes it a primary that replicates its
 images from its last committed epoch; --promote does that at start.
+For a QEMU guest, add "resume": {"hold": "n0", "command": ["qemu-system-x86_64",
+...], "dir": DIR, "qmp": PATH, "mem": PATH} (every key optional; see deno
+task resume --help): the backup resumes the guest of its last committed
+checkpoint on this host and protects it in turn, so the backups that hold
+the same checkpoint continue from it without a base sync. A store with a
+guest cannot be resumed while this role runs on it: promote it, or stop it
+and use deno task resume.
 
   --promote          start as a primary from the store (needs --to)
   --to URL[,URL...]  peers for --promote
@@ -41,7 +52,7 @@ function promoteOptions(
   body: Record<string, unknown>,
   fallback: PromoteOptions,
 ): PromoteOptions {
-  const known = ["to", "ack", "ackLevel", "interval", "level"];
+  const known = ["to", "ack", "ackLevel", "interval", "level", "resume"];
   for (const key of Object.keys(body)) {
     if (!known.includes(key)) {
       throw new RangeError(
@@ -56,6 +67,9 @@ function promoteOptions(
     throw new RangeError(`"to" must be an array of peer URLs`);
   }
   const to = (body.to as string[] | undefined) ?? fallback.to;
+  const resume = body.resume === undefined
+    ? undefined
+    : resumeOptions(body.resume);
   const interval = body.interval;
   if (
     interval !== undefined && interval !== "manual" &&
@@ -86,7 +100,41 @@ function promoteOptions(
     level: typeof body.level === "string"
       ? parseLevel(body.level)
       : fallback.level,
+    ...(resume ? { resume } : {}),
   };
+}
+
+/** The "resume" object of a promote body: the QEMU command and where things go. */
+function resumeOptions(v: unknown): PromoteResume {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new RangeError(
+      `"resume" must be an object: {"command": [...], "dir", "qmp", "mem", "image", "hold"} (all optional)`,
+    );
+  }
+  const r = v as Record<string, unknown>;
+  const strings = ["dir", "qmp", "mem", "image", "hold"];
+  for (const key of Object.keys(r)) {
+    if (key !== "command" && !strings.includes(key)) {
+      throw new RangeError(
+        `unknown resume option "${key}", expected command, ${
+          strings.join(", ")
+        }`,
+      );
+    }
+    if (key !== "command" && typeof r[key] !== "string") {
+      throw new RangeError(`resume "${key}" must be a string`);
+    }
+  }
+  if (
+    r.command !== undefined &&
+    !(Array.isArray(r.command) && r.command.length > 0 &&
+      r.command.every((a) => typeof a === "string"))
+  ) {
+    throw new RangeError(
+      `resume "command" must be a non-empty array of strings (the QEMU command, binary first)`,
+    );
+  }
+  return r as PromoteResume;
 }
 
 await runMain(USAGE, async () => {
@@ -137,7 +185,22 @@ await runMain(USAGE, async () => {
         ? undefined
         : async (body: Record<string, unknown>) => {
           const p = await b.promote(promoteOptions(body, fallback));
-          return { promoted: true, epoch: p.epoch };
+          const r = b.resumed;
+          return {
+            promoted: true,
+            epoch: p.epoch,
+            ...(r
+              ? {
+                resumed: {
+                  pid: r.pid,
+                  qmp: r.qmp,
+                  mem: r.mem,
+                  log: r.log,
+                  times: r.times,
+                },
+              }
+              : {}),
+          };
         },
     };
   };
