@@ -143,6 +143,16 @@ export function prometheus(status: Record<string, unknown>): string {
     put(name, q.p50, ['quantile="0.5"']);
     put(name, q.p99, ['quantile="0.99"']);
   }
+  // Output commit (qemu: …&hold=): what the held output costs and how much went out.
+  const held = status.held as Record<string, unknown> | undefined;
+  if (held) {
+    const q = held.addedLatencyMs as Record<string, number> | undefined;
+    put("held_output_added_latency_ms", q?.p50, ['quantile="0.5"']);
+    put("held_output_added_latency_ms", q?.p99, ['quantile="0.99"']);
+    put("held_output_released_packets_total", held.releasedPackets);
+    put("held_output_released_epoch", held.releasedEpoch);
+    put("held_output_epochs", held.heldEpochs);
+  }
   const log = status.log as Record<string, number> | undefined;
   if (log) put("retained_log_bytes", log.bytes);
   put("http_refused_total", status.httpRefused);

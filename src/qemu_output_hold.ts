@@ -45,11 +45,58 @@ interface Netdev {
   id: string;
   mirror: string;
   buffers: Buffer[];
-  /** Arrival times (performance.now()) of mirrored packets of the current epoch. */
-  arriving: number[];
   /** Per epoch not yet released: arrival times of its packets. */
   pending: Map<number, number[]>;
-  reader: Promise<void> | null;
+  /** Reads the mirrored packets (`_hold_mirror_worker.ts`); null until the mirror is installed. */
+  reader: MirrorReader | null;
+}
+
+/** The worker that timestamps one netdev's mirrored packets off the main thread. */
+class MirrorReader {
+  readonly #worker: Worker;
+  #next = 0;
+  readonly #waiting = new Map<number, (times: number[]) => void>();
+  #listening: (() => void) | null = null;
+
+  constructor(path: string) {
+    this.#worker = new Worker(
+      new URL("./_hold_mirror_worker.ts", import.meta.url).href,
+      { type: "module" },
+    );
+    this.#worker.onmessage = (e: MessageEvent) => {
+      const m = e.data as {
+        listening?: boolean;
+        taken?: number;
+        times?: number[];
+      };
+      if (m.listening) this.#listening?.();
+      if (m.taken !== undefined) {
+        this.#waiting.get(m.taken)?.(m.times ?? []);
+        this.#waiting.delete(m.taken);
+      }
+    };
+    this.listening = new Promise<void>((r) => this.#listening = r);
+    this.#worker.postMessage({ listen: path });
+  }
+
+  readonly listening: Promise<void>;
+
+  /** Arrival times of the packets read since the last call (`performance.timeOrigin` + now, ms). */
+  take(): Promise<number[]> {
+    const n = this.#next++;
+    const { promise, resolve } = Promise.withResolvers<number[]>();
+    this.#waiting.set(n, resolve);
+    this.#worker.postMessage({ take: n });
+    return promise;
+  }
+
+  close(): void {
+    this.#worker.postMessage({ close: true });
+    for (const r of this.#waiting.values()) r([]);
+    this.#waiting.clear();
+    // The worker closes itself once it has closed its sockets.
+    setTimeout(() => this.#worker.terminate(), 1000);
+  }
 }
 
 /** Holds a guest's network output until the checkpoint that produced it commits. */
@@ -61,25 +108,17 @@ export class OutputHold implements HeldOutput {
   readonly #qmp: QmpClient;
   readonly #netdevs: Netdev[];
   readonly #dir: string;
-  readonly #listener: Deno.UnixListener;
   #seq = 0;
   #closed = false;
 
-  private constructor(
-    qmp: QmpClient,
-    netdevs: string[],
-    dir: string,
-    listener: Deno.UnixListener,
-  ) {
+  private constructor(qmp: QmpClient, netdevs: string[], dir: string) {
     this.#qmp = qmp;
     this.#dir = dir;
-    this.#listener = listener;
     this.what = `network output of netdev ${netdevs.join(", ")}`;
     this.#netdevs = netdevs.map((id) => ({
       id,
       mirror: `${PREFIX}-mirror-${id}`,
       buffers: [],
-      arriving: [],
       pending: new Map(),
       reader: null,
     }));
@@ -94,8 +133,7 @@ export class OutputHold implements HeldOutput {
    */
   static async open(qmp: QmpClient, netdevs: string[]): Promise<OutputHold> {
     const dir = await Deno.makeTempDir({ prefix: "patchwire-hold-" });
-    const listener = Deno.listen({ transport: "unix", path: `${dir}/mirror` });
-    const hold = new OutputHold(qmp, netdevs, dir, listener);
+    const hold = new OutputHold(qmp, netdevs, dir);
     try {
       const existing = (await qmp.execute<{ name: string }[]>("qom-list", {
         path: "/objects",
@@ -133,19 +171,17 @@ export class OutputHold implements HeldOutput {
   }
 
   async #addMirror(n: Netdev): Promise<void> {
-    const accepted = this.#listener.accept();
+    const path = `${this.#dir}/${n.id}.sock`;
+    const reader = new MirrorReader(path);
+    n.reader = reader;
+    await reader.listening;
     await this.#qmp.execute("chardev-add", {
       id: n.mirror,
       backend: {
         type: "socket",
-        data: {
-          addr: { type: "unix", data: { path: `${this.#dir}/mirror` } },
-          server: false,
-        },
+        data: { addr: { type: "unix", data: { path } }, server: false },
       },
     });
-    const conn = await accepted;
-    n.reader = this.#read(n, conn);
     await this.#qmp.execute("object-add", {
       "qom-type": "filter-mirror",
       id: n.mirror,
@@ -170,52 +206,6 @@ export class OutputHold implements HeldOutput {
     n.buffers.push({ id, epoch });
   }
 
-  /** Counts mirrored packets as they arrive (QEMU frames each with a 4-byte length). */
-  async #read(n: Netdev, conn: Deno.UnixConn): Promise<void> {
-    const buf = new Uint8Array(256 << 10);
-    let have = 0;
-    try {
-      for (;;) {
-        const r = await conn.read(buf.subarray(have));
-        if (r === null) break;
-        const now = performance.now();
-        have += r;
-        let at = 0;
-        while (have - at >= 4) {
-          const len = new DataView(buf.buffer, at).getUint32(0);
-          if (have - at < 4 + len) break;
-          n.arriving.push(now);
-          at += 4 + len;
-        }
-        if (at === 0 && have === buf.length) {
-          // One frame larger than our buffer: count it, skip its bytes.
-          const len = new DataView(buf.buffer).getUint32(0);
-          n.arriving.push(now);
-          let skip = 4 + len - have;
-          have = 0;
-          while (skip > 0) {
-            const s = await conn.read(
-              buf.subarray(0, Math.min(skip, buf.length)),
-            );
-            if (s === null) return;
-            skip -= s;
-          }
-          continue;
-        }
-        buf.copyWithin(0, at, have);
-        have -= at;
-      }
-    } catch {
-      // closed
-    } finally {
-      try {
-        conn.close();
-      } catch {
-        // already closed
-      }
-    }
-  }
-
   /**
    * At the checkpoint that becomes `epoch`, with the guest stopped: what the
    * guest sent since the last checkpoint belongs to `epoch`; a new buffer
@@ -225,8 +215,7 @@ export class OutputHold implements HeldOutput {
     for (const n of this.#netdevs) {
       // A checkpoint retried after a failed encode keeps its epoch number.
       for (const b of n.buffers) if (b.epoch > epoch) b.epoch = epoch;
-      const arrived = n.arriving;
-      n.arriving = [];
+      const arrived = n.reader ? await n.reader.take() : [];
       const list = n.pending.get(epoch);
       if (list) list.push(...arrived);
       else n.pending.set(epoch, arrived);
@@ -241,7 +230,7 @@ export class OutputHold implements HeldOutput {
         await this.#qmp.execute("object-del", { id: b.id });
         n.buffers.shift();
       }
-      const now = performance.now();
+      const now = performance.timeOrigin + performance.now();
       for (const [e, times] of n.pending) {
         if (e > epoch) continue;
         for (const t of times) this.latencies.add(now - t);
@@ -279,14 +268,9 @@ export class OutputHold implements HeldOutput {
         await this.#qmp.execute("chardev-remove", { id: n.mirror }).catch(
           () => {},
         );
+        n.reader.close();
       }
     }
-    try {
-      this.#listener.close();
-    } catch {
-      // already closed
-    }
-    await Promise.all(this.#netdevs.map((n) => n.reader));
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 }

@@ -636,6 +636,18 @@ Deno.test({
           assertEquals(status.role, "primary");
           assertEquals(status.peers[0].baseSyncs, 0, "no base sync");
           assert(status.held.releasedPackets > 0, "held output released");
+          assert(
+            status.held.addedLatencyMs.p50 > 0,
+            "its added latency is measured",
+          );
+          const metrics =
+            await (await fetch(`http://${c.backupHttp[0]}/metrics`))
+              .text();
+          assert(
+            /patchwire_held_output_added_latency_ms\{role="primary",quantile="0.99"\} [\d.]+/
+              .test(metrics),
+            metrics,
+          );
           assertIncreasing(c.listener.counters, "across the promotion");
         } finally {
           if (resumedPid) killPid(resumedPid);
