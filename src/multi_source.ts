@@ -17,9 +17,12 @@ export class MultiSource implements Source {
   readonly name: string;
   readonly images: ImageSpec[];
   readonly held?: HeldOutput;
+  readonly notice?: string;
   constructor(readonly parts: Source[]) {
     this.name = parts.map((p) => p.name).join(" ");
     this.images = parts.flatMap((p) => p.images);
+    const notices = parts.flatMap((p) => p.notice ? [p.notice] : []);
+    if (notices.length) this.notice = notices.join("\n");
     const held = parts.flatMap((p) => p.held ? [p.held] : []);
     if (held.length === 1) this.held = held[0];
     else if (held.length > 1) {

@@ -147,6 +147,10 @@ export function parseOptionList(text: string): [string, string | null][] {
   return out;
 }
 
+function basename(path: string): string {
+  return path.split("/").filter(Boolean).at(-1) ?? "socket";
+}
+
 function splitPair(s: string): [string, string | null] {
   const eq = s.indexOf("=");
   return eq < 0 ? [s, null] : [s.slice(0, eq), s.slice(eq + 1)];
@@ -199,14 +203,16 @@ export function memoryBackendPath(
 
 /**
  * The stored command line made ready to resume on this host: the memory
- * backend `memBackendId` on `memPath`, no QMP monitor or incoming option of
- * the old host (the resume adds its own), no `-daemonize`, and the serial
- * console on `stdio` moved to `consolePath`.
+ * backend `memBackendId` on `memPath`, no QMP monitor, pid file or incoming
+ * option of the old host (the resume adds its own), no `-daemonize`, the
+ * serial console on `stdio` moved to `consolePath`, and the Unix sockets of
+ * `-chardev socket,path=…` moved into `socketDir`.
  */
 export function rewriteForResume(
   m: QemuMachine,
   memPath: string,
   consolePath: string,
+  socketDir?: string,
 ): string[] {
   const out: string[] = [];
   const args = m.args;
@@ -218,12 +224,27 @@ export function rewriteForResume(
       continue;
     }
     if (a === "-daemonize") continue;
-    if (a === "-mon" || a === "-chardev") {
-      // A monitor on a chardev: drop QMP monitors and the chardevs they used.
-      const opts = parseOptionList(v ?? "");
+    if (a === "-mon" && v !== undefined) {
+      // A QMP monitor of the old host: resume adds its own.
       if (
-        a === "-mon" && opts.some(([k, x]) => k === "mode" && x === "control")
+        parseOptionList(v).some(([k, x]) => k === "mode" && x === "control")
       ) {
+        i++;
+        continue;
+      }
+    }
+    if (a === "-chardev" && v !== undefined && socketDir !== undefined) {
+      // A Unix socket of the old host's: the same name in this host's directory.
+      const opts = parseOptionList(v);
+      if (opts[0]?.[0] === "socket" && opts.some(([k]) => k === "path")) {
+        out.push(
+          "-chardev",
+          joinOptionList(
+            opts.map(([k, x]) =>
+              k === "path" && x ? [k, `${socketDir}/${basename(x)}`] : [k, x]
+            ),
+          ),
+        );
         i++;
         continue;
       }

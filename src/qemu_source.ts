@@ -94,6 +94,7 @@ export class QemuSource implements Source {
   readonly name: string;
   readonly images: ImageSpec[];
   readonly held?: OutputHold;
+  readonly notice?: string;
   readonly #qmp: QmpClient;
   readonly #mem: string;
   readonly #map: MappedFile | null;
@@ -129,6 +130,10 @@ export class QemuSource implements Source {
     this.#machine = machine;
     if (held) this.held = held;
     this.#opened = opened;
+    if (!channel) {
+      this.notice =
+        `${spec}: state=off: RAM only, without the CPU and device state — these checkpoints cannot be resumed`;
+    }
   }
 
   /**

@@ -216,6 +216,7 @@ export async function resumeGuest(
         machine,
         options.mem ?? `${dir}/ram`,
         `${dir}/console.log`,
+        dir,
       );
     }
     const backend = memoryBackendPath(args, machine.memBackendId);

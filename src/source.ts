@@ -62,6 +62,8 @@ export interface Source {
   capture(into: Uint8Array[], epoch?: number): Promise<CaptureResult>;
   /** Present when the source holds output until its epoch commits. */
   readonly held?: HeldOutput;
+  /** Something the operator should know about what is replicated; the role prints it at start. */
+  readonly notice?: string;
   close(): Promise<void>;
 }
 

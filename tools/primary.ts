@@ -138,6 +138,7 @@ await runMain(USAGE, async () => {
     link,
   });
   const p = primary;
+  if (source.notice) console.error(`primary: ${source.notice}`);
   const server = await serveControl(args, app);
   console.error(
     `primary: ${source.name}: ${
