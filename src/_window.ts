@@ -19,6 +19,12 @@ export class SampleWindow {
     if (this.#count < this.#samples.length) this.#count++;
   }
 
+  /** Forgets every sample (a benchmark's warm-up, say). */
+  clear(): void {
+    this.#count = 0;
+    this.#next = 0;
+  }
+
   /** The q-quantile (0..1) of the samples held, nearest rank; 0 if empty. */
   quantile(q: number): number {
     if (this.#count === 0) return 0;
