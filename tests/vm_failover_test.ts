@@ -21,10 +21,14 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { type Guest, startGuest } from "../tools/guest.ts";
-import { rolePermissions, type RoleTool } from "../tools/_role_permissions.ts";
+import {
+  PortRange as Ports,
+  processGone as pidGone,
+  RoleProcess as Role,
+  runToolProcess as runTool,
+} from "../tools/_role_process.ts";
 import { type CounterListener, listenCounters } from "./_counter_guest.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 /** Seeded instants: the same seed kills at the same moments. */
 const SEED = 20261203;
 
@@ -37,88 +41,6 @@ function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-/** Loopback ports handed out in order, each checked free: distinct by construction. */
-class Ports {
-  #next = 21000 + (Deno.pid % 400) * 20;
-  take(): number {
-    for (let i = 0; i < 2000; i++) {
-      const port = this.#next++;
-      if (this.#next > 31999) this.#next = 21000;
-      try {
-        Deno.listen({ hostname: "127.0.0.1", port }).close();
-        return port;
-      } catch {
-        // taken: the next one
-      }
-    }
-    throw new Error("no free loopback port in 21000-31999");
-  }
-}
-
-/** A role process whose output lines are kept. */
-class Role {
-  readonly child: Deno.ChildProcess;
-  readonly lines: string[] = [];
-  readonly done: Promise<Deno.CommandStatus>;
-  exited = false;
-
-  constructor(readonly tool: RoleTool, args: string[]) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        ...rolePermissions(tool),
-        `${ROOT}tools/${tool}.ts`,
-        ...args,
-      ],
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const read = async (s: ReadableStream<Uint8Array>) => {
-      let buf = "";
-      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
-        buf += chunk;
-        let nl;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          this.lines.push(buf.slice(0, nl));
-          buf = buf.slice(nl + 1);
-        }
-      }
-      if (buf) this.lines.push(buf);
-    };
-    const readers = Promise.all([
-      read(this.child.stdout),
-      read(this.child.stderr),
-    ]);
-    this.done = this.child.status.then(async (s) => {
-      await readers.catch(() => {});
-      this.exited = true;
-      return s;
-    });
-  }
-
-  /** Epochs the primary reported committed. */
-  commits(): number[] {
-    return this.lines.flatMap((l) => {
-      const m = /^epoch (\d+) committed/.exec(l);
-      return m ? [Number(m[1])] : [];
-    });
-  }
-
-  kill(signal: Deno.Signal): void {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // gone
-    }
-  }
-
-  tail(): string {
-    return this.lines.slice(-15).map((l) => `  ${this.tool}| ${l}`).join("\n");
-  }
 }
 
 async function until(
@@ -166,22 +88,6 @@ function counterInRam(ram: Uint8Array): number {
   return best;
 }
 
-async function runTool(tool: RoleTool, args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...rolePermissions(tool), `${ROOT}tools/${tool}.ts`, ...args],
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
-}
-
 interface Cluster {
   guest: Guest;
   listener: CounterListener;
@@ -219,6 +125,8 @@ async function startCluster(
       backupHttp[i],
     ])
   );
+  // Each role up before the one that connects to it: no reconnect backoff to wait out.
+  for (const b of backups) await b.waitLine(/listening on/);
   const relayUrl = `tcp://127.0.0.1:${ports.take()}`;
   const relay = new Role("relay", [
     "--listen",
@@ -228,6 +136,7 @@ async function startCluster(
     "--ack",
     "all",
   ]);
+  await relay.waitLine(/listening on/);
   const primaryHttp = `127.0.0.1:${ports.take()}`;
   const primary = new Role("primary", [
     "--source",
@@ -316,15 +225,6 @@ function killPid(pid: number): void {
     Deno.kill(pid, "SIGKILL");
   } catch {
     // gone
-  }
-}
-
-async function pidGone(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    return stat.split(" ")[2] === "Z";
-  } catch {
-    return true;
   }
 }
 
