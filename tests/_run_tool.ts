@@ -1,6 +1,6 @@
 /** Runs a tool of this project as a real subprocess, for the CLI tests. */
 
-const ROOT = new URL("..", import.meta.url).pathname;
+import { runToolProcess } from "../tools/_role_process.ts";
 
 /** What a tool run printed and how it exited. */
 export interface ToolRun {
@@ -10,21 +10,10 @@ export interface ToolRun {
 }
 
 /** `deno run <permissions> tools/<tool>.ts <args>` from the project root. */
-export async function runTool(
+export function runTool(
   tool: string,
   permissions: string[],
   args: string[],
 ): Promise<ToolRun> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions, `${ROOT}tools/${tool}.ts`, ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
+  return runToolProcess(tool, args, permissions);
 }

@@ -228,6 +228,22 @@ function killPid(pid: number): void {
   }
 }
 
+/** Kills every process of a trial (the resumed QEMU too) and removes its directory. */
+async function teardown(
+  c: Cluster,
+  dir: string,
+  resumedPid: number,
+): Promise<void> {
+  if (resumedPid) killPid(resumedPid);
+  const roles = [c.primary, c.relay, ...c.backups];
+  for (const r of roles) r.kill("SIGKILL");
+  await Promise.all(roles.map((r) => r.done));
+  await c.guest.stop();
+  await c.listener.close();
+  if (resumedPid) await until(() => pidGone(resumedPid), "QEMU to exit");
+  await Deno.remove(dir, { recursive: true });
+}
+
 /** Every counter greater than the one before it: nothing repeated, nothing went back. */
 function assertIncreasing(counters: number[], what: string): void {
   for (let i = 1; i < counters.length; i++) {
@@ -339,19 +355,7 @@ Deno.test({
               } first; resume ${r.times.totalMs.toFixed(0)} ms`,
             );
           } finally {
-            if (resumedPid) killPid(resumedPid);
-            for (const r of [c.primary, c.relay, ...c.backups]) {
-              r.kill("SIGKILL");
-            }
-            await Promise.all(
-              [c.primary, c.relay, ...c.backups].map((r) => r.done),
-            );
-            await c.guest.stop();
-            await c.listener.close();
-            if (resumedPid) {
-              await until(() => pidGone(resumedPid), "QEMU to exit");
-            }
-            await Deno.remove(dir, { recursive: true });
+            await teardown(c, dir, resumedPid);
           }
         },
       );
@@ -393,17 +397,7 @@ Deno.test({
             } after ${before.at(-1)}`,
           );
         } finally {
-          if (resumedPid) killPid(resumedPid);
-          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
-          await Promise.all(
-            [c.primary, c.relay, ...c.backups].map((r) => r.done),
-          );
-          await c.guest.stop();
-          await c.listener.close();
-          if (resumedPid) {
-            await until(() => pidGone(resumedPid), "QEMU to exit");
-          }
-          await Deno.remove(dir, { recursive: true });
+          await teardown(c, dir, resumedPid);
         }
       },
     );
@@ -478,17 +472,7 @@ Deno.test({
           b2?.kill("SIGKILL");
           await next?.done;
           await b2?.done;
-          if (resumedPid) killPid(resumedPid);
-          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
-          await Promise.all(
-            [c.primary, c.relay, ...c.backups].map((r) => r.done),
-          );
-          await c.guest.stop();
-          await c.listener.close();
-          if (resumedPid) {
-            await until(() => pidGone(resumedPid), "QEMU to exit");
-          }
-          await Deno.remove(dir, { recursive: true });
+          await teardown(c, dir, resumedPid);
         }
       },
     );
@@ -550,17 +534,7 @@ Deno.test({
           );
           assertIncreasing(c.listener.counters, "across the promotion");
         } finally {
-          if (resumedPid) killPid(resumedPid);
-          for (const r of [c.primary, c.relay, ...c.backups]) r.kill("SIGKILL");
-          await Promise.all(
-            [c.primary, c.relay, ...c.backups].map((r) => r.done),
-          );
-          await c.guest.stop();
-          await c.listener.close();
-          if (resumedPid) {
-            await until(() => pidGone(resumedPid), "QEMU to exit");
-          }
-          await Deno.remove(dir, { recursive: true });
+          await teardown(c, dir, resumedPid);
         }
       },
     );

@@ -124,13 +124,14 @@ export class PortRange {
   }
 }
 
-/** Runs a tool to completion; its exit code and output. */
+/** Runs `tools/TOOL.ts` to completion (with its task's flags, or `permissions`); its exit code and output. */
 export async function runToolProcess(
-  tool: RoleTool,
+  tool: string,
   args: string[],
+  permissions: string[] = rolePermissions(tool as RoleTool),
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...rolePermissions(tool), `${ROOT}tools/${tool}.ts`, ...args],
+    args: ["run", ...permissions, `${ROOT}tools/${tool}.ts`, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
