@@ -447,6 +447,7 @@ export class UpstreamServer {
                   commit.body.images.map((i) => ({
                     id: i.id,
                     size: i.size,
+                    ...(i.length !== undefined ? { length: i.length } : {}),
                     digestLo: i.digestLo,
                     digestHi: i.digestHi,
                   })),

@@ -9,8 +9,11 @@
  * seeded workload, control messages, base syncs, requests) and breaks it:
  * bit and byte flips, truncation, junk appended, oversized length and size
  * fields, fields of the wrong type (with checksums recomputed so the damage
- * reaches past the first check), splices from another lineage, and
- * dropped, duplicated and reordered messages. Each case checks that:
+ * reaches past the first check), a sized image's committed length (in a
+ * COMMIT, a STATE, a BASE_END) changed to another one that only the digest
+ * can tell, or to one past the size or of the wrong type, splices from
+ * another lineage, and dropped, duplicated and reordered messages. Each
+ * case checks that:
  *
  * - nothing escapes but the module's own error (`FrameError`,
  *   `ProtocolError`, `DecodeError`, `TransportError`, an ERROR message, a
@@ -20,8 +23,10 @@
  * - nothing hangs (async steps have deadlines; {@linkcode runFuzzIsolated}
  *   also watches synchronous code from outside, in a worker);
  * - after a rejected input the receiver's images (bytes, block hashes,
- *   digests, and a backup's store) are exactly what they were, and valid
- *   input sent afterwards is still accepted.
+ *   lengths, digests, and a backup's store) are exactly what they were, and
+ *   valid input sent afterwards is still accepted; an accepted epoch leaves
+ *   each image with the length and digest its COMMIT names, and the store
+ *   with the replica's.
  *
  * Cases are numbered per target and derive all their randomness from
  * `(seed, target, index)`, so any one of them can be rerun alone
@@ -55,6 +60,7 @@ import {
 } from "../src/protocol.ts";
 import { createZstd, type Zstd } from "../src/compress/zstd.ts";
 import { digestOf } from "../src/base_sync.ts";
+import { bindLength } from "../src/digest.ts";
 import { Backup } from "../src/backup.ts";
 import { Relay } from "../src/relay.ts";
 import { Primary } from "../src/primary.ts";
@@ -62,7 +68,7 @@ import { PeerAuth } from "../src/peer_auth.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
 import { FUZZ_CA, FUZZ_PROOF, STRANGER_PROOF } from "./_fuzz_certs.ts";
 import { createControlApp } from "../src/control_plane.ts";
-import type { UpstreamServer } from "../src/_upstream.ts";
+import { imageDigestInfo, type UpstreamServer } from "../src/_upstream.ts";
 import { openSource } from "../src/open_source.ts";
 import { parseAckLevel, parseAckWho } from "../src/ack_policy.ts";
 import { parseLevel } from "../src/level.ts";
@@ -749,8 +755,14 @@ function mutateFrameBody(
   } else if (outer[3] === FrameType.COMMIT && rng.chance(0.6)) {
     const list = Array.isArray(body.images) ? body.images as unknown[] : [];
     const images = list.filter(isPlainObject);
-    const what = rng.int(6);
-    if (what === 0) {
+    const what = rng.int(8);
+    if (what >= 6) {
+      // The length in use: only the digest tells a wrong one within the size.
+      return {
+        bytes: withBody(outer, body, true),
+        op: `commit.image.length ${damageLength(rng, list) ?? "(no images)"}`,
+      };
+    } else if (what === 0) {
       const f = rng.pick(["base", "pageSize", "blockSize"] as const);
       body[f] = rng.pick([0, 1, 32, 128, 4095, 8192, num(body[f]) + 1]);
       op = `commit.${f}`;
@@ -787,6 +799,162 @@ function mutateFrameBody(
     };
   }
   return { bytes: withBody(outer, body, rng.chance(0.95)), op };
+}
+
+/**
+ * Damages the `length` of one image entry (mostly the sized image's) in
+ * `list`, the images of a COMMIT body, STATE or BASE_END, in place: another
+ * length within the size (well-formed, saying the wrong thing: only the
+ * digest can tell), the same with the digest rebound to it (a consistent
+ * checkpoint of another length, to be taken whole), removed, added where
+ * there was none, or past the size, negative, a float, a string, a bigint,
+ * another type. Returns what it did, or null if `list` has no entries.
+ */
+function damageLength(rng: FuzzRng, list: unknown[]): string | null {
+  const entries = list.filter(isPlainObject);
+  if (entries.length === 0) return null;
+  const image = isPlainObject(list[SIZED_SLOT]) && rng.chance(0.7)
+    ? list[SIZED_SLOT] as Record<string, unknown>
+    : rng.pick(entries);
+  const size = num(image.size);
+  const had = image.length !== undefined;
+  const was = typeof image.length === "number" ? image.length : size;
+  const kind = rng.weighted(
+    [
+      [6, "within"],
+      [3, "rebound"],
+      [had ? 1 : 0, "removed"],
+      [2, "past"],
+      [1, "negative"],
+      [1, "float"],
+      [1, "string"],
+      [1, "bigint"],
+      [1, "other"],
+    ] as const,
+  );
+  let value: unknown;
+  switch (kind) {
+    case "removed":
+      delete image.length;
+      return `of "${image.id}" (${was}) removed`;
+    case "within":
+    case "rebound": {
+      const choices = [
+        0,
+        1,
+        size,
+        size - 1,
+        was + 1,
+        was - 1,
+        was ^ 1,
+        was + 4096,
+        was - 4096,
+        rng.int(size + 1),
+      ].filter((v) => v >= 0 && v <= size && v !== was);
+      value = choices.length ? rng.pick(choices) : 0;
+      if (
+        kind === "rebound" && typeof image.digestLo === "number" &&
+        typeof image.digestHi === "number"
+      ) {
+        // bindLength XORs a mask of the length: it undoes itself.
+        const raw = bindLength(image.digestLo, image.digestHi, size, was);
+        const d = bindLength(raw.lo, raw.hi, size, value as number);
+        image.digestLo = d.lo;
+        image.digestHi = d.hi;
+        if (value === size && rng.chance(0.5)) {
+          delete image.length;
+          return `of "${image.id}" ${was} → whole, digest rebound`;
+        }
+      }
+      break;
+    }
+    case "past":
+      value = rng.pick([
+        size + 1,
+        size + 4096,
+        2 ** 32,
+        2 ** 32 + was,
+        2 ** 53 - 1,
+        2 ** 53 + 2,
+        2 ** 64,
+        Infinity,
+      ]);
+      break;
+    case "negative":
+      value = rng.pick([-1, -size, -(2 ** 32), -(2 ** 53), -Infinity]);
+      break;
+    case "float":
+      value = rng.pick([was + 0.5, 0.5, size - 0.25, 1e-9, NaN]);
+      break;
+    case "string":
+      value = rng.pick([String(was), "", "0x10", "length"]);
+      break;
+    case "bigint":
+      value = rng.pick([
+        BigInt(Math.max(0, Math.floor(was))),
+        0n,
+        -1n,
+        BigInt(size) + 1n,
+        2n ** 64n - 1n,
+      ]);
+      break;
+    case "other":
+      value = rng.pick([null, true, [], [was], {}, new Uint8Array(4)]);
+      break;
+  }
+  image.length = value;
+  const shown = typeof value === "bigint"
+    ? `${value}n`
+    : typeof value === "string"
+    ? JSON.stringify(value)
+    : value instanceof Uint8Array
+    ? "binary"
+    : Array.isArray(value)
+    ? `[${value}]`
+    : String(value);
+  return `of "${image.id}" ${had ? was : "(none)"} → ${shown}${
+    kind === "rebound" ? ", digest rebound" : ` (${kind})`
+  }`;
+}
+
+/**
+ * A COMMIT frame with an image's `length` damaged (see
+ * {@linkcode damageLength}), its checksum recomputed; null if `frame` is not
+ * a COMMIT (or no longer shaped like a frame).
+ */
+function mutateCommitLength(
+  rng: FuzzRng,
+  frame: Uint8Array,
+): { bytes: Uint8Array; op: string } | null {
+  const parts = frameParts(frame);
+  if (
+    !parts || parts.outer[3] !== FrameType.COMMIT ||
+    !Array.isArray(parts.body.images)
+  ) return null;
+  const what = damageLength(rng, parts.body.images);
+  if (what === null) return null;
+  return {
+    bytes: withBody(parts.outer, parts.body, true),
+    op: `commit.image.length ${what}`,
+  };
+}
+
+/**
+ * A control message with an image's `length` damaged (see
+ * {@linkcode damageLength}): in a STATE's or BASE_END's images, or added to
+ * a HELLO's (which name no lengths). Null if `bytes` has no images.
+ */
+function mutateControlLength(
+  rng: FuzzRng,
+  bytes: Uint8Array,
+): { bytes: Uint8Array; op: string } | null {
+  const outer = unpack(bytes);
+  if (!Array.isArray(outer) || !isPlainObject(outer[3])) return null;
+  const images = outer[3].images;
+  if (!Array.isArray(images)) return null;
+  const what = damageLength(rng, images);
+  if (what === null) return null;
+  return { bytes: pack(outer), op: `images.length ${what}` };
 }
 
 /**
@@ -934,11 +1102,18 @@ function mutatePatchOps(
 // The corpus: valid epochs of a small seeded workload, encoded by the real
 // encoder at both levels, plus an unrelated lineage to splice from.
 
-/** The images every corpus epoch is for: odd sizes, a short last page. */
+/**
+ * The images every corpus epoch is for: odd sizes, a short last page, and a
+ * sized image (a guest's device state: its length in use changes per epoch
+ * and is committed with it; the bytes past it are zeros).
+ */
 export const FUZZ_SPECS: readonly ImageSpec[] = [
   { id: "img0", size: 5 * 4096 + 77 },
   { id: "vm-1.mem", size: 8 * 4096 },
+  { id: "vm-1.state", size: 4 * 4096 + 100, sized: true },
 ];
+/** The slot of the sized image in {@linkcode FUZZ_SPECS}. */
+export const SIZED_SLOT = 2;
 /** Epochs per chain. */
 export const CHAIN_EPOCHS = 24;
 /** Token the fuzzed backup and relay require. */
@@ -951,8 +1126,10 @@ export interface ChainState {
   committed: Uint8Array[];
   /** Per image: the contents (unpadded views of `committed`). */
   contents: Uint8Array[];
+  /** Per image: the length in use (its size, but for a sized image). */
+  lengths: number[];
   hashes: Uint32Array[];
-  /** As a STATE or BASE_END names them. */
+  /** As a STATE or BASE_END names them (with `length` where it is not the size). */
   info: ImageDigestInfo[];
 }
 
@@ -976,11 +1153,28 @@ export interface Corpus {
   controls: Uint8Array[];
 }
 
-/** Memory-like contents changing a little per epoch: words, pages rewritten, copied, shifted, zeroed. */
-function workload(seed: number): Uint8Array[][] {
+/** Per epoch, each image's contents and length in use (as a source captures them). */
+interface Workload {
+  contents: Uint8Array[][];
+  lengths: number[][];
+}
+
+/**
+ * Memory-like contents changing a little per epoch: words, pages rewritten,
+ * copied, shifted, zeroed; and the sized image (see {@linkcode sizedEpoch}).
+ */
+function workload(seed: number): Workload {
   const rng = new FuzzRng(seed);
-  const images = FUZZ_SPECS.map((s) => new Uint8Array(s.size));
-  const out = [images.map((i) => i.slice())];
+  // The whole images (their own numbers: the sized image draws from another generator).
+  const images = FUZZ_SPECS.slice(0, SIZED_SLOT).map((s) =>
+    new Uint8Array(s.size)
+  );
+  const sized = new Uint8Array(FUZZ_SPECS[SIZED_SLOT].size);
+  const srng = new FuzzRng(seed ^ 0x5173d);
+  // Epoch 0: every image all zeros and whole (as a new replica starts).
+  let length = sized.length;
+  const out = [[...images, sized].map((i) => i.slice())];
+  const lengths = [FUZZ_SPECS.map((s) => s.size)];
   const page = (img: Uint8Array) => rng.int(Math.ceil(img.length / 4096));
   const span = (img: Uint8Array, p: number) =>
     img.subarray(p * 4096, Math.min(img.length, (p + 1) * 4096));
@@ -1037,14 +1231,97 @@ function workload(seed: number): Uint8Array[][] {
         }
       }
     }
-    out.push(images.map((i) => i.slice()));
+    length = sizedEpoch(srng, e, sized, length, images);
+    out.push([...images, sized].map((i) => i.slice()));
+    lengths.push(FUZZ_SPECS.map((s, k) => k === SIZED_SLOT ? length : s.size));
   }
-  return out;
+  return { contents: out, lengths };
+}
+
+/** Names of device-state sections, for text runs in the sized image. */
+const SECTION_NAMES = [
+  "timer",
+  "cpu_common",
+  "cpu",
+  "apic",
+  "kvmclock",
+  "fw_cfg",
+  "PCIBUS",
+  "virtio-net",
+  "virtio-blk",
+  "mc146818rtc",
+  "i8259",
+  "serial",
+];
+
+/**
+ * One epoch of the sized image (a guest's device state): a new length in use
+ * (kept, grown, shrunk, a page boundary, its whole capacity every eighth
+ * epoch, none at epoch 13), a few words changed, what it grew by filled with
+ * sections (names, counters, random bytes, zeros, a page of RAM), and zeros
+ * past the length. Returns the length.
+ */
+function sizedEpoch(
+  rng: FuzzRng,
+  e: number,
+  image: Uint8Array,
+  was: number,
+  ram: readonly Uint8Array[],
+): number {
+  const cap = image.length;
+  const length = e % 8 === 6 ? cap : e === 13 ? 0 : rng.weighted(
+    [
+      [3, Math.min(was, cap - 1)],
+      [4, rng.range(1, cap - 1)],
+      [3, Math.max(0, Math.min(cap - 1, was + rng.range(-300, 300)))],
+      [1, 4096 * rng.range(1, 3)],
+      [1, cap - 1],
+    ] as const,
+  );
+  const fill = (from: number, to: number) => {
+    for (let at = from; at < to;) {
+      const n = Math.min(to - at, rng.range(16, 900));
+      const s = image.subarray(at, at + n);
+      switch (rng.int(5)) {
+        case 0: {
+          const name = new TextEncoder().encode(
+            `\x04${rng.pick(SECTION_NAMES)}\x00\x00\x00${rng.int(8)}`,
+          );
+          for (let i = 0; i < n; i++) s[i] = name[i % name.length];
+          break;
+        }
+        case 1:
+          for (let i = 0; i < n; i += 4) s[i] = (i >> 2) & 0xff;
+          break;
+        case 2:
+          s.set(rng.bytes(n));
+          break;
+        case 3:
+          s.fill(0);
+          break;
+        default: { // a page of RAM (the content index may find it)
+          const from = rng.pick(ram);
+          const off = 4096 * rng.int(Math.floor(from.length / 4096));
+          s.set(from.subarray(off, off + n));
+        }
+      }
+      at += n;
+    }
+  };
+  if (e === 1 || rng.chance(0.15)) fill(0, length);
+  else {
+    for (let k = rng.range(0, 12); k > 0 && length > 0; k--) {
+      image[rng.int(length)] = rng.int(256);
+    }
+    if (length > was) fill(was, length);
+  }
+  image.fill(0, length);
+  return length;
 }
 
 function buildChain(
   name: string,
-  contents: Uint8Array[][],
+  { contents, lengths }: Workload,
   level: "fast" | "max",
 ): Chain {
   const specs = FUZZ_SPECS.map((s) => ({ ...s }));
@@ -1059,12 +1336,17 @@ function buildChain(
   const states: ChainState[] = [snapshot(decoder)];
   try {
     for (let e = 1; e < contents.length; e++) {
-      const f = encoder.encode(contents[e]).frames;
+      // The lengths as a source reports them: none for a whole image.
+      const f = encoder.encode(
+        contents[e],
+        undefined,
+        FUZZ_SPECS.map((spec, k) => spec.sized ? lengths[e][k] : undefined),
+      ).frames;
       decoder.applyEpoch(f);
       frames.push(f);
       const s = snapshot(decoder);
       s.contents.forEach((c, i) => {
-        if (!bytesEqual(c, contents[e][i])) {
+        if (!bytesEqual(c, contents[e][i]) || s.lengths[i] !== lengths[e][i]) {
           throw new Error(
             `corpus chain ${name}: epoch ${e} does not round-trip`,
           );
@@ -1085,11 +1367,10 @@ function snapshot(decoder: EpochDecoder): ChainState {
     epoch: decoder.epoch,
     committed,
     contents: committed.map((c, s) => c.subarray(0, decoder.images[s].size)),
+    lengths: decoder.images.map((i) => i.length),
     hashes: decoder.images.map((i) => i.hashes.slice()),
-    info: decoder.images.map((i) => {
-      const d = i.digestValue();
-      return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
-    }),
+    // As a replica's STATE names them.
+    info: decoder.images.map(imageDigestInfo),
   };
 }
 
@@ -1120,12 +1401,37 @@ export function fuzzCorpus(): Corpus {
       );
     }
   }
+  // The sized image's length must change and travel in COMMIT frames, or
+  // nothing here fuzzes it.
+  const carried = fast.frames.filter((f) => {
+    const images = f.length ? frameParts(f[f.length - 1])?.body.images : null;
+    return Array.isArray(images) &&
+      typeof images[SIZED_SLOT]?.length === "number";
+  }).length;
+  const distinct = new Set(fast.states.map((s) => s.lengths[SIZED_SLOT]));
+  if (carried < CHAIN_EPOCHS / 2 || distinct.size < CHAIN_EPOCHS / 2) {
+    throw new Error(
+      `fuzz harness out of date: the sized image's length is in ${carried} COMMIT frames and takes ${distinct.size} values`,
+    );
+  }
   const info = fast.states[3].info;
   const controls: Uint8Array[] = [
     helloBytes({ epoch: 3 }),
     helloBytes({ token: "", images: [], durable: true }),
     encodeControl({ type: "state", epoch: 3, images: info, level: 1 }),
     encodeControl({ type: "state", epoch: 0, images: [], level: 0 }),
+    // The sized image empty (length 0), and whole (no length).
+    encodeControl({
+      type: "state",
+      epoch: 13,
+      images: fast.states[13].info,
+      level: 2,
+    }),
+    encodeControl({
+      type: "base_end",
+      epoch: 6,
+      images: fast.states[6].info,
+    }),
     ...baseMessages(fast.states[2], 12 << 10, createZstd()),
     encodeControl({ type: "ack", epoch: 7, level: AckLevel.durable }),
     encodeControl({ type: "error", message: "upstream is going away" }),
@@ -1166,7 +1472,8 @@ export function helloBytes(fields: HelloFields = {}): Uint8Array {
   return encodeControl({
     type: "hello",
     token: FUZZ_TOKEN,
-    images: FUZZ_SPECS.map((s) => ({ ...s })),
+    // As an upstream names them: id and size (a sized image's length is per epoch).
+    images: FUZZ_SPECS.map((s) => ({ id: s.id, size: s.size })),
     epoch: 0,
     blockSize: 64,
     durable: false,
@@ -1632,6 +1939,11 @@ function imagesDiffer(decoder: EpochDecoder, state: ChainState): string | null {
     if (!wordsEqual(image.hashes, state.hashes[s])) {
       return `image "${image.id}" block hashes differ from epoch ${state.epoch}`;
     }
+    if (image.length !== state.lengths[s]) {
+      return `image "${image.id}" has length ${image.length}, at epoch ${state.epoch} it is ${
+        state.lengths[s]
+      }`;
+    }
     const d = image.digestValue();
     if (
       d.lo !== state.info[s].digestLo || d.hi !== state.info[s].digestHi
@@ -1645,11 +1957,18 @@ function imagesDiffer(decoder: EpochDecoder, state: ChainState): string | null {
 /** Null if every image's digest, hashes and bytes agree with each other (an epoch off the corpus, applied whole). */
 function selfInconsistent(decoder: EpochDecoder): string | null {
   for (const image of decoder.images) {
+    if (
+      !Number.isSafeInteger(image.length) || image.length < 0 ||
+      image.length > image.size
+    ) {
+      return `image "${image.id}" has length ${image.length}, not within its size ${image.size}`;
+    }
     const contents = image.committed.subarray(0, image.size);
-    const d = digestOf(decoder.hasher, contents);
+    const raw = digestOf(decoder.hasher, contents);
+    const d = bindLength(raw.lo, raw.hi, image.size, image.length);
     const v = image.digestValue();
     if (d.lo !== v.lo || d.hi !== v.hi) {
-      return `image "${image.id}" holds bytes whose digest is not the one it reports (torn)`;
+      return `image "${image.id}" holds bytes and a length (${image.length}) whose digest is not the one it reports (torn)`;
     }
     for (let i = image.size; i < image.committed.length; i++) {
       if (image.committed[i] !== 0) {
@@ -1721,12 +2040,16 @@ function frameInput(
       [8, "ops"],
       [4, "valid"],
       [6, "junk"],
+      [6, "length"],
     ] as const,
   );
   if (!isFrameBase || mode === "bytes") {
     return damage(rng, base, corpus.allFrames);
   }
   switch (mode) {
+    case "length":
+      return mutateCommitLength(rng, base) ??
+        mutateCommitLength(rng, rng.pick(corpus.fast.frames.slice(1)).at(-1)!)!;
     case "outer":
       return mutateFrameOuter(rng, base, { typeKey });
     case "body":
@@ -1820,6 +2143,11 @@ function frameContract(f: ReturnType<typeof decodeFrame>): string | null {
         typeof i.id !== "string" ||
         ![i.size, i.chunks, i.digestLo, i.digestHi].every(uint)
       ) return "commit image entry of the wrong type";
+      if (i.length !== undefined && !(uint(i.length) && i.length <= i.size)) {
+        return `commit image "${i.id}" has length ${
+          String(i.length)
+        }, not a byte count within its size ${i.size}`;
+      }
     }
     return null;
   }
@@ -1841,6 +2169,11 @@ export function fuzzControl(options: TargetOptions): Promise<TargetResult> {
   const corpus = fuzzCorpus();
   const typeKey = !(options.known ?? []).includes("control-type-override");
   const reference = corpus.controls[0];
+  // Messages naming images: HELLO, STATE, BASE_END.
+  const withImages = corpus.controls.filter((c) => {
+    const images = (unpack(c) as unknown[])[3] as Record<string, unknown>;
+    return Array.isArray(images?.images) && images.images.length > 0;
+  });
   return runCases("control", options, (rng, tally) => {
     const base = rng.chance(0.05)
       ? rng.pick(corpus.allFrames)
@@ -1851,13 +2184,16 @@ export function fuzzControl(options: TargetOptions): Promise<TargetResult> {
         [50, "struct"],
         [5, "valid"],
         [10, "junk"],
+        [10, "length"],
       ] as const,
     );
     let input: { bytes: Uint8Array; op: string };
     if (mode === "bytes") input = damage(rng, base, corpus.controls);
     else if (mode === "junk") input = junkInput(rng);
     else if (mode === "valid") input = { bytes: base, op: "unchanged" };
-    else {
+    else if (mode === "length") {
+      input = mutateControlLength(rng, rng.pick(withImages))!;
+    } else {
       const m = mutateValue(rng, unpack(base), { typeKey });
       input = { bytes: pack(m.value), op: m.op };
     }
@@ -1903,11 +2239,15 @@ export function controlContract(
   const r = m as unknown as Record<string, unknown>;
   const uint = (v: unknown) =>
     typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  // A length (the bytes in use of a sized image) only with digests, within the size.
   const images = (digests: boolean) =>
     Array.isArray(r.images) &&
     (r.images as Record<string, unknown>[]).every((i) =>
       typeof i === "object" && i !== null && typeof i.id === "string" &&
-      uint(i.size) && (!digests || (uint(i.digestLo) && uint(i.digestHi)))
+      uint(i.size) && (!digests || (uint(i.digestLo) && uint(i.digestHi))) &&
+      (i.length === undefined ||
+        (digests && uint(i.length) &&
+          (i.length as number) <= (i.size as number)))
     );
   const own = (k: string) => Object.prototype.hasOwnProperty.call(r, k);
   switch (m.type) {
@@ -1986,10 +2326,18 @@ function decoderCase(
         [3, "junk"],
         [3, "truncateSeq"],
         [2, "oversize"],
+        [8, "length"],
       ] as const,
     );
     const decodable = unpack(frames[i]) instanceof Array;
     switch (op) {
+      case "length": {
+        const m = mutateCommitLength(rng, frames[last]);
+        if (!m) break; // the COMMIT is gone or damaged already
+        frames[last] = m.bytes;
+        how.push(`frame ${last}: ${m.op}`);
+        break;
+      }
       case "bytes": {
         const m = damage(rng, frames[i], corpus.allFrames);
         frames[i] = m.bytes;
@@ -2127,7 +2475,7 @@ export function fuzzDecoder(options: TargetOptions): Promise<TargetResult> {
       : corpus.max;
     // load() also drops PATCH frames an earlier case left held.
     if (at !== e || holding) {
-      decoder.load(e, states[e].contents);
+      decoder.load(e, states[e].contents, states[e].lengths);
       at = e;
       holding = false;
     }
@@ -2177,6 +2525,15 @@ export function fuzzDecoder(options: TargetOptions): Promise<TargetResult> {
         tally.violation(
           "contract",
           `an epoch applied as ${applied.epoch} moved the receiver from ${before} to ${decoder.epoch}`,
+        );
+        return;
+      }
+      const unlike = unlikeCommit(decoder, f);
+      if (unlike) {
+        at = null;
+        tally.violation(
+          "contract",
+          `epoch ${applied.epoch} applied: ${unlike}`,
         );
         return;
       }
@@ -2235,6 +2592,37 @@ export function fuzzDecoder(options: TargetOptions): Promise<TargetResult> {
     }
   }, false);
   return run.finally(() => decoder.close());
+}
+
+/**
+ * Null if the decoder's images hold the lengths in use and digests that the
+ * COMMIT frame `commit`, just applied, names.
+ */
+function unlikeCommit(
+  decoder: EpochDecoder,
+  commit: Uint8Array,
+): string | null {
+  let frame;
+  try {
+    frame = decodeFrame(commit);
+  } catch (e) {
+    return `by a frame that does not decode (${(e as Error).message})`;
+  }
+  if (frame.type !== FrameType.COMMIT) {
+    return `by a frame of type ${frame.type}`;
+  }
+  for (let s = 0; s < decoder.images.length; s++) {
+    const image = decoder.images[s], ci = frame.body.images[s];
+    const length = ci.length ?? image.size;
+    if (image.length !== length) {
+      return `image "${image.id}" has length ${image.length}, its COMMIT says ${length}`;
+    }
+    const d = image.digestValue();
+    if (d.lo !== ci.digestLo || d.hi !== ci.digestHi) {
+      return `image "${image.id}" reports a digest other than its COMMIT's`;
+    }
+  }
+  return null;
 }
 
 // ---------------------------------------------------------------------------
@@ -2669,6 +3057,7 @@ async function openBackup(name: string): Promise<Replica> {
       if (now.epoch !== d.epoch) {
         return `the store is at epoch ${now.epoch} after a flush, the replica at ${d.epoch}`;
       }
+      const stored = backup.store.state!.images;
       for (let s = 0; s < d.images.length; s++) {
         const image = d.images[s];
         if (
@@ -2678,6 +3067,17 @@ async function openBackup(name: string): Promise<Replica> {
           )
         ) {
           return `the store's "${image.id}" differs from the replica at epoch ${d.epoch}`;
+        }
+        // The length and digest are of the same epoch as the bytes.
+        const length = stored[s].length ?? stored[s].size;
+        if (length !== image.length) {
+          return `the store's "${image.id}" has length ${length}, the replica's at epoch ${d.epoch} is ${image.length}`;
+        }
+        const digest = image.digestValue();
+        if (
+          stored[s].digestLo !== digest.lo || stored[s].digestHi !== digest.hi
+        ) {
+          return `the store's "${image.id}" digest differs from the replica's at epoch ${d.epoch}`;
         }
       }
       return null;
@@ -2876,9 +3276,30 @@ function replicaSession(
         [3, "stale"],
         [4, "lineage"],
         [1, "oversize"],
+        [8, "length"],
       ] as const,
     );
     switch (op) {
+      case "length": {
+        // A COMMIT's or BASE_END's length, or one added to the HELLO's images.
+        const targets = messages.map((m, j) => [m, j] as const).filter(
+          ([m]) => {
+            const v = unpack(m) as unknown[] | undefined;
+            return (v?.[0] === "PWR" && v[3] === FrameType.COMMIT) ||
+              (v?.[0] === "PWC" && v[2] === 4);
+          },
+        );
+        const [m, j] = targets.length && rng.chance(0.9)
+          ? rng.pick(targets)
+          : [messages[0], 0];
+        const d = (unpack(m) as unknown[] | undefined)?.[0] === "PWR"
+          ? mutateCommitLength(rng, m)
+          : mutateControlLength(rng, m);
+        if (!d) break;
+        messages[j] = d.bytes;
+        how.push(`message ${j}: ${d.op}`);
+        break;
+      }
       case "helloBytes": {
         const m = damage(rng, messages[0], corpus.controls, 2);
         messages[0] = m.bytes;
