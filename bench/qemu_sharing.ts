@@ -69,7 +69,9 @@ await runMain(HELP, async () => {
     }
     const source = new MultiSource(
       await Promise.all(
-        guests.map((g, i) => QemuSource.open(`${g.spec}&id=vm${i}`)),
+        // RAM only: sharing across images is about the guests' RAM (with the
+        // device state each guest would add two small images of its own).
+        guests.map((g, i) => QemuSource.open(`${g.spec}&id=vm${i}&state=off`)),
       ),
     );
     const epochs: Uint8Array[][] = [];
@@ -85,7 +87,9 @@ await runMain(HELP, async () => {
     const apart = source.images.map((spec, i) =>
       encodeAll([spec], epochs.map((imgs) => [imgs[i]]), level)
     );
-    const separate = shared.map((_, e) => apart[0][e] + apart[1][e]);
+    const separate = shared.map((_, e) =>
+      apart.reduce((n, perImage) => n + perImage[e], 0)
+    );
     const kib = (n: number) => (n / 1024).toFixed(1);
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     console.log(

@@ -212,15 +212,25 @@ export class OutputHold implements HeldOutput {
    * takes what it sends next.
    */
   async checkpoint(epoch: number): Promise<void> {
-    for (const n of this.#netdevs) {
+    // The buffers' object-add go out now, before whatever QMP command the
+    // caller sends next (the device-state save): QMP runs them in order.
+    const added = this.#netdevs.map((n) => {
       // A checkpoint retried after a failed encode keeps its epoch number.
       for (const b of n.buffers) if (b.epoch > epoch) b.epoch = epoch;
-      const arrived = n.reader ? await n.reader.take() : [];
+      return this.#addBuffer(n, epoch + 1);
+    });
+    const taken = this.#netdevs.map((n) =>
+      n.reader ? n.reader.take() : Promise.resolve([])
+    );
+    const [arrived] = await Promise.all([
+      Promise.all(taken),
+      Promise.all(added),
+    ]);
+    this.#netdevs.forEach((n, k) => {
       const list = n.pending.get(epoch);
-      if (list) list.push(...arrived);
-      else n.pending.set(epoch, arrived);
-      await this.#addBuffer(n, epoch + 1);
-    }
+      if (list) list.push(...arrived[k]);
+      else n.pending.set(epoch, arrived[k]);
+    });
   }
 
   async committed(epoch: number): Promise<void> {

@@ -428,6 +428,10 @@ export class QemuSource implements Source {
           `${this.name}: the guest is stopped after a migration that was not ours (state "postmigrate"); QEMU cannot save its device state again until it runs: cont it first`,
         );
       }
+      // The next epoch's output buffer is added first (QMP runs commands in
+      // order): it and the device-state save then both overlap the RAM copy.
+      const holding = this.held?.checkpoint(epoch ?? 0);
+      holding?.catch(() => {});
       const saving = unchanged
         ? Promise.resolve(this.#stateLength)
         : this.#channel?.save(
@@ -464,9 +468,9 @@ export class QemuSource implements Source {
           stateError = e;
         }
       }
-      if (!copyError && !stateError && this.held) {
+      if (holding) {
         try {
-          await this.held.checkpoint(epoch ?? 0);
+          await holding;
         } catch (e) {
           keepPaused = pausedAt >= 0;
           throw new SourceError(
