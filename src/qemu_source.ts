@@ -466,6 +466,10 @@ export class QemuSource implements Source {
           lengths = [undefined, n, machine.length];
         } catch (e) {
           stateError = e;
+          // A failed save may have written anywhere in the image: the next
+          // one zeroes all past its own end, and none reuses this one.
+          this.#stateLength = into[1].length;
+          this.#saved = false;
         }
       }
       if (holding) {
