@@ -71,6 +71,7 @@ import { createBlockHasher } from "../src/hash/block_hash.ts";
 import { ImageState } from "../src/image_state.ts";
 import { bytesEqual } from "../src/replay.ts";
 import { rolePermissions } from "../tools/_role_permissions.ts";
+import { PortRange } from "../tools/_role_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -624,22 +625,18 @@ class RoleProcess {
 }
 
 /**
- * A free loopback port for a role to bind, from below the kernel's ephemeral
- * range (`ip_local_port_range`, 32768+ by default): a port the kernel picks
- * for us and we release could be handed to another process's outgoing
- * connection before the role binds it, failing its start.
+ * Loopback ports for the roles, below the kernel's ephemeral range
+ * (`ip_local_port_range`, 32768+ by default: a port the kernel picks for us
+ * and we release could go to another process's outgoing connection before
+ * the role binds it), handed out in order by one allocator for every trial
+ * of this process: the ports of a trial, and of concurrent trials, are
+ * distinct by construction (two random draws once gave the relay and the
+ * primary's control plane the same port).
  */
+const ports = new PortRange();
+
 function freePort(): number {
-  for (let i = 0; i < 1000; i++) {
-    const port = 20000 + Math.floor(Math.random() * 12000);
-    try {
-      Deno.listen({ hostname: "127.0.0.1", port }).close();
-      return port;
-    } catch {
-      // taken: try another
-    }
-  }
-  throw new Error("no free loopback port in 20000-31999");
+  return ports.take();
 }
 
 type Status = Record<string, unknown>;

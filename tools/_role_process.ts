@@ -99,20 +99,20 @@ export class RoleProcess {
   }
 }
 
+/** The next port any {@linkcode PortRange} of this process hands out. */
+let nextPort = 21000 + (Deno.pid % 400) * 20;
+
 /**
- * Loopback ports handed out in order from `base`, each checked free when
- * taken: distinct by construction within one user, below the kernel's
- * ephemeral range (32768+), so no outgoing connection takes one meanwhile.
+ * Loopback ports handed out in order, each checked free when taken, from one
+ * cursor shared by every range of this process: distinct by construction,
+ * and below the kernel's ephemeral range (32768+), so no outgoing connection
+ * takes one meanwhile.
  */
 export class PortRange {
-  #next: number;
-  constructor(base = 21000 + (Deno.pid % 400) * 20) {
-    this.#next = base;
-  }
   take(): number {
     for (let i = 0; i < 2000; i++) {
-      const port = this.#next++;
-      if (this.#next > 31999) this.#next = 21000;
+      const port = nextPort++;
+      if (nextPort > 31999) nextPort = 21000;
       try {
         Deno.listen({ hostname: "127.0.0.1", port }).close();
         return port;
