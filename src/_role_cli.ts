@@ -22,6 +22,7 @@ import {
 import type { AckPolicy } from "./ack_policy.ts";
 import { parseAckLevel, parseAckWho } from "./ack_policy.ts";
 import { AckLevel } from "./protocol.ts";
+import { transportFor } from "../transports/mod.ts";
 
 /** Options every role takes. */
 export const COMMON_VALUED = [
@@ -71,6 +72,55 @@ export function list(args: ParsedArgs, name: string): string[] {
   return (args.options.get(name) ?? []).flatMap((v) => v.split(",")).map((v) =>
     v.trim()
   ).filter(Boolean);
+}
+
+/**
+ * Checks a peer or listen URL at start, naming the flag: a supported scheme,
+ * a host, a port 1-65535 (0 too for `--listen`), and for a TLS listener
+ * (`tls:`, `quic:`, `wss:`) the certificate it serves.
+ */
+export function checkUrl(
+  url: string,
+  flag: string,
+  options: { listen?: boolean; hasCert?: boolean } = {},
+): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+    transportFor(parsed);
+  } catch (e) {
+    throw new UsageError(`${flag} ${url}: ${(e as Error).message}`);
+  }
+  if (parsed.protocol === "memory:") return url;
+  if (!parsed.hostname) {
+    throw new UsageError(
+      `${flag} ${url}: no host; expected scheme://HOST:PORT`,
+    );
+  }
+  const port = Number(parsed.port);
+  if (
+    !parsed.port || !Number.isInteger(port) || (port === 0 && !options.listen)
+  ) {
+    throw new UsageError(
+      `${flag} ${url}: no port; expected scheme://HOST:PORT with a port from 1 to 65535`,
+    );
+  }
+  if (
+    options.listen && !options.hasCert &&
+    ["tls:", "quic:", "wss:"].includes(parsed.protocol)
+  ) {
+    throw new UsageError(
+      `${flag} ${url}: a ${
+        parsed.protocol.slice(0, -1)
+      } listener serves a certificate: give --cert FILE and --key FILE`,
+    );
+  }
+  return url;
+}
+
+/** The peer URLs of `--NAME URL[,URL...]`, each checked at start ({@linkcode checkUrl}). */
+export function peerUrls(args: ParsedArgs, name: string): string[] {
+  return list(args, name).map((u) => checkUrl(u, `--${name}`));
 }
 
 function readPem(path: string, what: string): string {

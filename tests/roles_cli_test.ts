@@ -226,8 +226,43 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
     "--store",
     "/tmp/never",
   ]);
-  assertEquals(badUrl.code, 1);
-  assert(badUrl.stderr.includes("carrier-pigeon"), badUrl.stderr);
+  assertEquals(badUrl.code, 2);
+  assert(badUrl.stderr.includes("--listen carrier-pigeon://x"), badUrl.stderr);
+  // Peer and listen URLs are checked at start, naming the flag, not at every retry.
+  for (
+    const [tool, args, want] of [
+      ["primary", [
+        "--source",
+        "synthetic:size=64K",
+        "--to",
+        "tcp://127.0.0.1:1,foo://x:1",
+      ], 'unsupported transport scheme "foo:"'],
+      [
+        "primary",
+        ["--source", "synthetic:size=64K", "--to", "tcp://127.0.0.1"],
+        "--to tcp://127.0.0.1: no port",
+      ],
+      [
+        "relay",
+        ["--listen", "tcp://127.0.0.1:0", "--to", "ws://:5/x"],
+        "--to ws://:5/x",
+      ],
+      [
+        "relay",
+        ["--listen", "tls://127.0.0.1:0", "--to", "tcp://127.0.0.1:5"],
+        "give --cert FILE and --key FILE",
+      ],
+      [
+        "backup",
+        ["--listen", "wss://127.0.0.1:0/pw", "--store", "/tmp/never"],
+        "a wss listener serves a certificate",
+      ],
+    ] as [string, string[], string][]
+  ) {
+    const r = await runTool(tool, PERMS, args);
+    assertEquals(r.code, 2, `${tool} ${args.join(" ")}: ${r.stderr}`);
+    assert(r.stderr.includes(want), r.stderr);
+  }
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/afile`, "x");

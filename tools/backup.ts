@@ -6,14 +6,15 @@
 import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import {
   ackPolicy,
+  checkUrl,
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
   last,
   linkOptions,
-  list,
   onSignal,
   peerAuth,
+  peerUrls,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -155,7 +156,12 @@ await runMain(USAGE, async () => {
   if (args.positional.length) {
     throw new UsageError(`unexpected argument "${args.positional[0]}"`);
   }
-  const listen = last(args, "listen");
+  const listenText = last(args, "listen");
+  const listen = listenText === undefined ? undefined : checkUrl(
+    listenText,
+    "--listen",
+    { listen: true, hasCert: args.options.has("cert") },
+  );
   const store = last(args, "store");
   if (!listen) throw new UsageError("--listen is required");
   if (!store) throw new UsageError("--store is required");
@@ -164,7 +170,7 @@ await runMain(USAGE, async () => {
   const link = linkOptions(args, transport);
   const intervalText = last(args, "interval") ?? "1000";
   const fallback: PromoteOptions = {
-    to: list(args, "to"),
+    to: peerUrls(args, "to"),
     ack: args.options.has("ack") || args.options.has("ack-level")
       ? ackPolicy(args)
       : { who: { kind: "all" }, level: AckLevel.applied },

@@ -18,9 +18,9 @@ import {
   controlApp,
   last,
   linkOptions,
-  list,
   onSignal,
   peerAuth,
+  peerUrls,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -54,7 +54,9 @@ SOURCE (several --source make several images, one epoch across all):
         proc:PID[?size=SIZE&dirty=auto|scan] (a live process's writable
           memory, stopped with SIGSTOP/SIGCONT per capture; images proc-PID
           and proc-PID.layout; soft-dirty pages only where the kernel has them),
-        file:PATH (a file or device),
+        file:PATH (a file or device, copied whole each epoch; nothing pauses
+          its writers, so a file changing during the copy, such as a live
+          guest's RAM file, is not a consistent checkpoint: use qemu:),
         series:DIR (a recording by record: one epoch per capture) or
         synthetic:SPEC (e.g. synthetic:images=3,size=16M,seed=1,dirty=0.02)
 URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH, wss://…
@@ -94,7 +96,7 @@ await runMain(USAGE, async () => {
   }
   const sources = args.options.get("source") ?? [];
   if (sources.length === 0) throw new UsageError("--source is required");
-  const to = list(args, "to");
+  const to = peerUrls(args, "to");
   const policy = ackPolicy(args);
   if (to.length === 0 && policy.who.kind !== "none") {
     throw new UsageError("--to is required (or --ack none)");

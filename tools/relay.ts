@@ -6,14 +6,15 @@
 import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import {
   ackPolicy,
+  checkUrl,
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
   last,
   linkOptions,
-  list,
   onSignal,
   peerAuth,
+  peerUrls,
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
@@ -49,9 +50,14 @@ await runMain(USAGE, async () => {
   if (args.positional.length) {
     throw new UsageError(`unexpected argument "${args.positional[0]}"`);
   }
-  const listen = last(args, "listen");
+  const listenText = last(args, "listen");
+  const listen = listenText === undefined ? undefined : checkUrl(
+    listenText,
+    "--listen",
+    { listen: true, hasCert: args.options.has("cert") },
+  );
   if (!listen) throw new UsageError("--listen is required");
-  const to = list(args, "to");
+  const to = peerUrls(args, "to");
   if (to.length === 0) throw new UsageError("--to is required");
   const policy = ackPolicy(args);
   const transport = transportOptions(args);
