@@ -22,6 +22,7 @@ import { Primary, type PrimaryOptions } from "./primary.ts";
 import { FileSource } from "./file_source.ts";
 import { MultiSource } from "./multi_source.ts";
 import { QemuSource } from "./qemu_source.ts";
+import { createCodecZstd } from "./compress/zstd.ts";
 import { type ResumedGuest, resumeGuest } from "./resume.ts";
 import type { Source } from "./source.ts";
 import { formatDigest } from "./digest.ts";
@@ -121,6 +122,8 @@ export class Backup implements ReplicaHooks {
 
   /** Opens the store (recovering it after a crash) and starts listening. */
   static async open(options: BackupOptions): Promise<Backup> {
+    // Decoding needs libzstd: say so now, not at the first epoch.
+    createCodecZstd().close();
     const store = BackupStore.open(options.store);
     let backup: Backup | null = null;
     try {

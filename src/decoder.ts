@@ -24,7 +24,7 @@ import type { Level } from "./level.ts";
 import { BlockOpKind, ByteWriter, OpKind, RefKind } from "./patch.ts";
 import { ByteReader } from "./_varint.ts";
 import { applyXorZeroRun } from "./zero_run.ts";
-import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { createCodecZstd, type Zstd } from "./compress/zstd.ts";
 import { bindLength, DigestAccumulator, type ImageDigest } from "./digest.ts";
 import { U32List } from "./_u32_list.ts";
 import type { ImageSpec } from "./encoder.ts";
@@ -124,7 +124,7 @@ export class EpochDecoder {
     this.hasher = options.hasher ??
       createBlockHasher({ blockSize: options.blockSize ?? 64 });
     this.#ownsZstd = !options.zstd;
-    this.zstd = options.zstd ?? createZstd();
+    this.zstd = options.zstd ?? createCodecZstd();
     this.images = specs.map((s) => new ImageState(s.id, s.size, this.hasher));
     let base = 0;
     for (const image of this.images) {

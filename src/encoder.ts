@@ -25,7 +25,7 @@ import { checkLength, ImageState, PAGE_SIZE } from "./image_state.ts";
 import { type Level, type LevelParams, levelParams } from "./level.ts";
 import { PageEncoder } from "./page_encoder.ts";
 import { ByteWriter, OP_NAMES, OpKind, RefKind } from "./patch.ts";
-import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { createCodecZstd, type Zstd } from "./compress/zstd.ts";
 import { U32List } from "./_u32_list.ts";
 
 /** An image the encoder replicates. */
@@ -170,7 +170,7 @@ export class EpochEncoder {
         : new Uint32Array(n);
     };
     this.#ownsZstd = !options.zstd;
-    this.zstd = options.zstd ?? createZstd();
+    this.zstd = options.zstd ?? createCodecZstd();
     this.chunkBytes = options.chunkBytes ?? 4 << 20;
     this.images = specs.map((s) =>
       new ImageState(s.id, s.size, this.hasher, {

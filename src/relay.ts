@@ -27,7 +27,7 @@ import {
 import { RetainedLog } from "./retained_log.ts";
 import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
 import type { BaseSnapshot } from "./base_sync.ts";
-import { createZstd, type Zstd } from "./compress/zstd.ts";
+import { createCodecZstd, type Zstd } from "./compress/zstd.ts";
 import {
   digestsOf,
   type ReplicaHooks,
@@ -102,7 +102,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     this.durable = this.policy.level === AckLevel.durable;
     this.ackLevel = this.policy.level;
     this.retained = new RetainedLog(options.logBytes ?? 256 << 20);
-    this.zstd = createZstd();
+    this.zstd = createCodecZstd();
     this.#note = options.note ?? ((l) => console.error(l));
     this.links = options.to.map((u) => new PeerLink(u, this, options.link));
   }

@@ -297,6 +297,39 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
   assert(badSource.stderr.includes("/nonexistent/vm.img"), badSource.stderr);
 });
 
+Deno.test("CLI: a role without libzstd stops at start, naming the library", async () => {
+  for (
+    const [tool, args] of [
+      ["backup", ["--listen", "tcp://127.0.0.1:0", "--store", "/tmp/never"]],
+      ["primary", [
+        "--source",
+        "synthetic:size=64K",
+        "--to",
+        "tcp://127.0.0.1:1",
+      ]],
+    ] as [string, string[]][]
+  ) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...rolePermissions(tool as "primary"),
+        `${ROOT}tools/${tool}.ts`,
+        ...args,
+      ],
+      cwd: ROOT,
+      env: { PATCHWIRE_LIBZSTD: "/nonexistent/libzstd.so.1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 1, stderr);
+    assert(
+      /the codec needs libzstd.*install libzstd1/.test(stderr),
+      stderr,
+    );
+  }
+});
+
 Deno.test("CLI: a backup serves its ws: endpoint and its control plane on one port", async () => {
   const dir = await Deno.makeTempDir();
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });

@@ -273,6 +273,30 @@ export function createZstd(options?: CreateZstdOptions): Zstd {
   return new ZstdContext(new FfiZstd(lib));
 }
 
+/**
+ * The zstd the codec uses: libzstd through FFI, which it needs because it
+ * compresses pages against their reference pages (zstd prefixes), which the
+ * `node:zlib` fallback cannot. Throws, naming the library, its package and
+ * the permission, where libzstd cannot be loaded: roles call it at start
+ * rather than failing on their first epoch.
+ * @example
+ * ```ts
+ * import { createCodecZstd } from "./zstd.ts";
+ * const zstd = createCodecZstd(); // throws here without libzstd
+ * console.log(zstd.backend); // "ffi"
+ * zstd.close();
+ * ```
+ */
+export function createCodecZstd(): Zstd {
+  const lib = loadZstdLibrary();
+  if (lib instanceof Error) {
+    throw new Error(
+      `the codec needs libzstd (it compresses pages against reference pages as zstd prefixes, which node:zlib cannot do): ${lib.message}`,
+    );
+  }
+  return new ZstdContext(new FfiZstd(lib));
+}
+
 function hasOverride(): boolean {
   try {
     return !!Deno.env.get(LIBZSTD_ENV);
