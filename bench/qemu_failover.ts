@@ -28,6 +28,7 @@ import { decodeFrame, FrameType } from "../src/frame.ts";
 import { resumeGuest } from "../src/resume.ts";
 import { SampleWindow } from "../src/_window.ts";
 import type { OutputHold } from "../src/qemu_output_hold.ts";
+import { processGone } from "../tools/_role_process.ts";
 
 const HELP =
   `qemu_failover — held-output latency, device-state bytes, resume time
@@ -35,14 +36,9 @@ const HELP =
   deno run -A --unstable-net bench/qemu_failover.ts [--mem MIB] [--seconds N] [--resumes N]
 `;
 
+/** Waits (at most 5 s) until process `pid` is gone. */
 async function gone(pid: number): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      if (stat.split(" ")[2] === "Z") return;
-    } catch {
-      return;
-    }
+  for (let i = 0; i < 500 && !(await processGone(pid)); i++) {
     await new Promise((r) => setTimeout(r, 10));
   }
 }

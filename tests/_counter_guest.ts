@@ -4,6 +4,10 @@
  * carrying `count N`.
  */
 
+import { consoleCounters, datagramCounter } from "../tools/guest.ts";
+
+export { consoleCounters, datagramCounter };
+
 /** A UDP listener collecting the counting guest's counters. */
 export interface CounterListener {
   /** The port it listens on at 127.0.0.1 (the guest's 10.0.2.2). */
@@ -14,15 +18,6 @@ export interface CounterListener {
   datagrams: string[];
   /** Stops listening; resolves once the receive loop has ended. */
   close(): Promise<void>;
-}
-
-/**
- * The counter in one datagram of the counting guest, e.g.
- * `<13>Dec  3 10:22:01 pw: count 42\n` gives 42; null if there is none.
- */
-export function datagramCounter(text: string): number | null {
-  const m = text.match(/\bcount (\d+)\s*$/);
-  return m ? Number(m[1]) : null;
 }
 
 /**
@@ -63,9 +58,4 @@ export function listenCounters(port = 0): CounterListener {
       await loop;
     },
   };
-}
-
-/** The counters in serial console output: every `count N` line, in order. */
-export function consoleCounters(text: string): number[] {
-  return [...text.matchAll(/^count (\d+)\r?\n/gm)].map((m) => Number(m[1]));
 }

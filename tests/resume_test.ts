@@ -19,6 +19,7 @@ import { Backup } from "../src/backup.ts";
 import { BackupStore } from "../src/backup_store.ts";
 import { AckLevel } from "../src/protocol.ts";
 import { ResumeError, resumeGuest } from "../src/resume.ts";
+import { processGone } from "../tools/_role_process.ts";
 
 const quiet = () => {};
 
@@ -114,15 +115,6 @@ function snapshot(dir: string): Record<string, string> {
     out[e.name] = `${bytes.length}:${h}`;
   }
   return out;
-}
-
-async function pidGone(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    return stat.split(" ")[2] === "Z";
-  } catch {
-    return true;
-  }
 }
 
 /** QEMU processes started for `dir` (their command line names it). */
@@ -488,7 +480,7 @@ Deno.test({
       for (const pid of qemusFor(dir)) Deno.kill(pid, "SIGKILL");
       for (const pid of qemusFor(dir)) {
         const end = Date.now() + 10_000;
-        while (!(await pidGone(pid)) && Date.now() < end) {
+        while (!(await processGone(pid)) && Date.now() < end) {
           await new Promise((r) => setTimeout(r, 20));
         }
       }

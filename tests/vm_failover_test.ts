@@ -27,7 +27,11 @@ import {
   RoleProcess as Role,
   runToolProcess as runTool,
 } from "../tools/_role_process.ts";
-import { type CounterListener, listenCounters } from "./_counter_guest.ts";
+import {
+  consoleCounters,
+  type CounterListener,
+  listenCounters,
+} from "./_counter_guest.ts";
 
 /** Seeded instants: the same seed kills at the same moments. */
 const SEED = 20261203;
@@ -211,13 +215,11 @@ async function resume(store: string, dir: string) {
 }
 
 function consoleOf(dir: string): number[] {
-  let text = "";
   try {
-    text = Deno.readTextFileSync(`${dir}/console.log`);
+    return consoleCounters(Deno.readTextFileSync(`${dir}/console.log`));
   } catch {
     return [];
   }
-  return [...text.matchAll(/^count (\d+)\r?\n/gm)].map((m) => Number(m[1]));
 }
 
 function killPid(pid: number): void {

@@ -14,6 +14,7 @@ import { AckLevel } from "../src/protocol.ts";
 import { QmpClient } from "../src/qmp.ts";
 import { resumeGuest } from "../src/resume.ts";
 import { rolePermissions } from "../tools/_role_permissions.ts";
+import { PortRange } from "../tools/_role_process.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const quiet = () => {};
@@ -29,18 +30,6 @@ const POINTS: [string, number][] = [
   ["store.replace.staged", 1],
   ["store.replace.switched", 1],
 ];
-
-function freePort(base: number): number {
-  for (let port = base; port < base + 500; port++) {
-    try {
-      Deno.listen({ hostname: "127.0.0.1", port }).close();
-      return port;
-    } catch {
-      // taken
-    }
-  }
-  throw new Error(`no free port from ${base}`);
-}
 
 function backupProcess(listen: string, store: string, fault: string) {
   return new Deno.Command(Deno.execPath(), {
@@ -105,15 +94,13 @@ Deno.test({
       stdout: "null",
       stderr: "null",
     }).spawn();
-    let base = 22000 + (Deno.pid % 200) * 40;
+    const ports = new PortRange();
     try {
       await waitQmp(`${dir}/qmp.sock`);
       for (const [point, pass] of POINTS) {
         await t.step(`${point} (pass ${pass})`, async () => {
           const store = `${dir}/${point}`;
-          const port = freePort(base);
-          base = port + 1;
-          const url = `tcp://127.0.0.1:${port}`;
+          const url = `tcp://127.0.0.1:${ports.take()}`;
           const source = await openSource(
             `qemu:${dir}/qmp.sock?mem=${dir}/ram`,
           );

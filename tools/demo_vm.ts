@@ -11,7 +11,7 @@
  */
 
 import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
-import { startGuest } from "./guest.ts";
+import { consoleCounters, datagramCounter, startGuest } from "./guest.ts";
 import {
   PortRange,
   processGone,
@@ -103,10 +103,9 @@ async function status(http: string): Promise<Status | null> {
   }
 }
 
-function consoleCounters(path: string): number[] {
+function consoleOf(path: string): number[] {
   try {
-    return [...Deno.readTextFileSync(path).matchAll(/^count (\d+)\r?\n/gm)]
-      .map((m) => Number(m[1]));
+    return consoleCounters(Deno.readTextFileSync(path));
   } catch {
     return [];
   }
@@ -154,8 +153,8 @@ if (import.meta.main) {
     const receiving = (async () => {
       const dec = new TextDecoder();
       for await (const [data] of udp) {
-        const m = /count (\d+)\s*$/.exec(dec.decode(data));
-        if (m) seen.push(Number(m[1]));
+        const n = datagramCounter(dec.decode(data));
+        if (n !== null) seen.push(n);
       }
     })().catch(() => {});
     const cleanup = async () => {
@@ -312,7 +311,7 @@ if (import.meta.main) {
       }
 
       // Verdict.
-      const resumedConsole = consoleCounters(`${dir}/resumed/console.log`);
+      const resumedConsole = consoleOf(`${dir}/resumed/console.log`);
       const problems: string[] = [];
       for (let i = 1; i < seen.length; i++) {
         if (seen[i] <= seen[i - 1]) {

@@ -122,6 +122,20 @@ while true; do
 done`;
 }
 
+/**
+ * The counter in one datagram of {@linkcode counterWorkload}, e.g.
+ * `<13>Dec  3 10:22:01 pw: count 42\n` gives 42; null if there is none.
+ */
+export function datagramCounter(text: string): number | null {
+  const m = text.match(/\bcount (\d+)\s*$/);
+  return m ? Number(m[1]) : null;
+}
+
+/** The counters in the serial console output of {@linkcode counterWorkload}: every whole `count N` line, in order. */
+export function consoleCounters(text: string): number[] {
+  return [...text.matchAll(/^count (\d+)\r?\n/gm)].map((m) => Number(m[1]));
+}
+
 /** The first kernel image in /boot, newest name last. */
 export function findKernel(): string {
   let names: string[] = [];
