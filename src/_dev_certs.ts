@@ -33,6 +33,8 @@ export interface DevCertOptions {
   clientAuth?: boolean;
   /** More IP addresses the leaf names, beside 127.0.0.1 (peers dialed at them check it). */
   ips?: string[];
+  /** A leaf that names no host (no CN, no subject alternative names), for tests. Default false. */
+  nameless?: boolean;
 }
 
 /** Makes a fresh CA and leaf, valid from an hour ago for `days` days. */
@@ -66,7 +68,7 @@ export async function makeDevCerts(
   ]);
   const leaf = await x509.X509CertificateGenerator.create({
     serialNumber: "02",
-    subject: "CN=localhost",
+    subject: options.nameless ? "O=patchwire test" : "CN=localhost",
     issuer: ca.subject,
     notBefore,
     notAfter,
@@ -88,12 +90,14 @@ export async function makeDevCerts(
           x509.ExtendedKeyUsage.clientAuth,
         ],
       ),
-      new x509.SubjectAlternativeNameExtension([
-        { type: "dns", value: "localhost" },
-        ...["127.0.0.1", ...(options.ips ?? [])].map((value) => ({
-          type: "ip" as const,
-          value,
-        })),
+      ...(options.nameless ? [] : [
+        new x509.SubjectAlternativeNameExtension([
+          { type: "dns", value: "localhost" },
+          ...["127.0.0.1", ...(options.ips ?? [])].map((value) => ({
+            type: "ip" as const,
+            value,
+          })),
+        ]),
       ]),
       await x509.AuthorityKeyIdentifierExtension.create(ca, false),
     ],

@@ -23,6 +23,7 @@ import type { AckPolicy } from "./ack_policy.ts";
 import { parseAckLevel, parseAckWho } from "./ack_policy.ts";
 import { AckLevel } from "./protocol.ts";
 import { transportFor } from "../transports/mod.ts";
+import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
 
 /** Options every role takes. */
 export const COMMON_VALUED = [
@@ -61,6 +62,48 @@ export const COMMON_HELP =
                     gone and reconnected (default ${DEFAULT_PEER_TIMEOUT_MS})
   Refused peers are logged and counted (/metrics patchwire_upstream_refused_total).
   --help            this text`;
+
+/** Options of the roles that take an upstream (relay, backup). */
+export const DOWNSTREAM_VALUED = ["max-image-bytes", "max-total-image-bytes"];
+
+/** Help text for {@linkcode DOWNSTREAM_VALUED}. */
+export const DOWNSTREAM_HELP =
+  `  --max-image-bytes SIZE  largest image an upstream may name (K, M, G, T
+                    suffixes: binary units; default: this host's memory)
+  --max-total-image-bytes SIZE  largest sum of the images an upstream names
+                    (default: this host's memory); an upstream naming more is
+                    refused in its handshake, before anything is allocated`;
+
+/** Parses `123`, `4K`, `8M`, `1G`, `2T` (binary units, optional "iB"/"B") as bytes. */
+export function byteSizeOption(value: string, name: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT])?(?:i?B)?$/i.exec(value.trim());
+  const n = m
+    ? Math.floor(
+      Number(m[1]) *
+        2 ** (10 * " KMGT".indexOf((m[2] ?? " ").toUpperCase())),
+    )
+    : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new UsageError(
+      `--${name} must be a size in bytes >= 1 (K, M, G, T allowed), got "${value}"`,
+    );
+  }
+  return n;
+}
+
+/** `--max-image-bytes` and `--max-total-image-bytes`, over the defaults. */
+export function imageLimits(args: ParsedArgs): ImageLimits {
+  const limits = defaultImageLimits();
+  const image = last(args, "max-image-bytes");
+  const total = last(args, "max-total-image-bytes");
+  if (image !== undefined) {
+    limits.image = byteSizeOption(image, "max-image-bytes");
+  }
+  if (total !== undefined) {
+    limits.total = byteSizeOption(total, "max-total-image-bytes");
+  }
+  return limits;
+}
 
 /** The last value of an option, or undefined. */
 export function last(args: ParsedArgs, name: string): string | undefined {

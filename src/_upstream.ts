@@ -21,11 +21,13 @@ import {
   type ImageDigestInfo,
   isControl,
   isFrame,
+  type Proof,
 } from "./protocol.ts";
 import { BaseReceiver } from "./base_sync.ts";
-import type { ImageState } from "./image_state.ts";
+import { type ImageState, zeroImageDigest } from "./image_state.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
 import type { AuthVerdict, PeerAuth, RefusalReason } from "./peer_auth.ts";
+import { helloExceeds, type ImageLimits } from "./image_limits.ts";
 
 const PING = encodeControl({ type: "ping" });
 const PONG = encodeControl({ type: "pong" });
@@ -34,11 +36,14 @@ const PONG = encodeControl({ type: "pong" });
 function isPing(bytes: Uint8Array): boolean {
   return bytes.length === PING.length && bytes.every((b, i) => b === PING[i]);
 }
-/** A new connection must send its HELLO within this (it holds a handshake slot meanwhile). */
+/**
+ * A new connection must finish its handshake (HELLO, and PROOF if asked)
+ * within this (it holds a handshake slot meanwhile).
+ */
 const HELLO_TIMEOUT_MS = 10_000;
 /**
- * Largest first message taken from a connection not yet authenticated (a
- * HELLO is its images' names and sizes and a certificate chain): a stranger
+ * Largest message taken from a connection not yet authenticated (a HELLO is
+ * its images' names and sizes; a PROOF a certificate chain): a stranger
  * cannot make the listener reserve a frame-sized buffer.
  */
 const MAX_HELLO_BYTES = 1 << 20;
@@ -54,14 +59,22 @@ function isCommitFrame(bytes: Uint8Array): boolean {
 export interface ReplicaHooks {
   /** What an upstream must present. */
   readonly auth: PeerAuth;
+  /** What a HELLO may name (checked after its credentials, before anything is allocated). */
+  readonly imageLimits: ImageLimits;
   note(line: string): void;
   /**
-   * The decoder for the images a HELLO names: the replica if they match,
-   * else a new all-zero candidate, which replaces the replica only once an
-   * epoch or a base sync of it verified (a HELLO is not checked: a wrong one
-   * must not cost the replica).
+   * The replica, if it holds the images (ids, sizes, block size) a HELLO
+   * names; else null: the session then answers as an all-zero replica at
+   * epoch 0, allocated only once the upstream sends data
+   * ({@linkcode ReplicaHooks.candidate}).
    */
-  prepare(hello: Hello): EpochDecoder;
+  replicaFor(hello: Hello): EpochDecoder | null;
+  /**
+   * A new all-zero replica of the images a HELLO names, which replaces the
+   * replica only once an epoch or a base sync of it verified (a HELLO is
+   * not checked: a wrong one must not cost the replica).
+   */
+  candidate(hello: Hello): EpochDecoder;
   /** An epoch was verified and applied; returns the level to ack now, or null (the role acks later). */
   applied(
     epoch: number,
@@ -302,9 +315,11 @@ export class UpstreamServer {
   }
 
   /**
-   * The first message, which must be a HELLO with valid credentials (within
-   * {@linkcode HELLO_TIMEOUT_MS}). Returns null if the upstream was refused
-   * (told, logged and counted here) or left; throws on a protocol error.
+   * The handshake: a HELLO with the token, within the image limits, and
+   * where a certificate is required a PROOF answering this connection's
+   * CHALLENGE — all within {@linkcode HELLO_TIMEOUT_MS}. Returns null if the
+   * upstream was refused (told, logged and counted here) or left; throws on
+   * a protocol error.
    */
   async #handshake(
     conn: Connection,
@@ -312,16 +327,21 @@ export class UpstreamServer {
     const timer = setTimeout(() => {
       this.refused.protocol++;
       this.hooks.note(
-        `upstream ${conn.remote} refused: no hello within ${HELLO_TIMEOUT_MS} ms`,
+        `upstream ${conn.remote} refused: no handshake within ${HELLO_TIMEOUT_MS} ms`,
       );
       conn.close().catch(() => {});
     }, HELLO_TIMEOUT_MS);
-    let first: Uint8Array | null;
     try {
-      first = await conn.receive(MAX_HELLO_BYTES);
+      return await this.#checkCredentials(conn);
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  async #checkCredentials(
+    conn: Connection,
+  ): Promise<{ hello: Hello; peer: string } | null> {
+    const first = await conn.receive(MAX_HELLO_BYTES);
     if (first === null) return null;
     // Nothing an upstream sends is used before its HELLO passed.
     let hello: Hello;
@@ -338,26 +358,29 @@ export class UpstreamServer {
       this.refused.protocol++;
       throw e;
     }
-    let verdict: AuthVerdict;
-    try {
-      verdict = await this.hooks.auth.check(hello, this.requireCertificate);
-    } catch (e) {
-      // Whatever a peer's credentials make the checks throw is a refusal.
-      verdict = {
-        ok: false,
-        reason: "certificate",
-        message: `credentials unreadable: ${(e as Error).message}`,
-      };
+    let verdict: AuthVerdict = this.hooks.auth.checkToken(hello.token);
+    if (verdict.ok && this.requireCertificate) {
+      verdict = await this.#challenge(conn);
+    }
+    if (verdict.ok) {
+      const exceeds = helloExceeds(
+        hello.images,
+        hello.blockSize,
+        this.hooks.imageLimits,
+      );
+      if (exceeds) {
+        verdict = { ok: false, reason: "protocol", message: exceeds };
+      }
     }
     if (!verdict.ok) {
       this.refused[verdict.reason]++;
+      const refusal = verdict.reason === "protocol"
+        ? verdict.message
+        : `authentication failed: ${verdict.message}`;
       this.lastError = `refused: ${verdict.message}`;
       this.hooks.note(`upstream ${conn.remote} refused: ${verdict.message}`);
       try {
-        await conn.send(encodeControl({
-          type: "error",
-          message: `authentication failed: ${verdict.message}`,
-        }));
+        await conn.send(encodeControl({ type: "error", message: refusal }));
       } catch {
         // gone already
       }
@@ -366,24 +389,69 @@ export class UpstreamServer {
     return { hello, peer: verdict.peer };
   }
 
+  /**
+   * Sends this connection's CHALLENGE and checks the PROOF that answers it
+   * (an ERROR instead: the upstream has no certificate).
+   */
+  async #challenge(conn: Connection): Promise<AuthVerdict> {
+    const challenge = this.hooks.auth.challenge();
+    await conn.send(encodeControl({ type: "challenge", nonce: challenge }));
+    const bytes = await conn.receive(MAX_HELLO_BYTES);
+    if (bytes === null) {
+      return {
+        ok: false,
+        reason: "certificate",
+        message: "left when asked for a client certificate proof",
+      };
+    }
+    let proof: Proof | undefined;
+    try {
+      if (!isControl(bytes)) {
+        throw new DecodeError("expected proof, got a frame");
+      }
+      const m = decodeControl(bytes);
+      if (m.type === "error") {
+        proof = undefined;
+      } else if (m.type !== "proof") {
+        throw new DecodeError(`expected proof, got ${m.type}`);
+      } else {
+        proof = m;
+      }
+    } catch (e) {
+      this.refused.protocol++;
+      throw e;
+    }
+    return await this.hooks.auth.checkProof(proof, challenge);
+  }
+
   async #serve(conn: Connection, hello: Hello): Promise<void> {
     let decodes = Promise.resolve();
     try {
       this.connects++;
       this.durable = hello.durable;
-      let decoder = this.hooks.prepare(hello);
-      decoder.discardPending();
+      let decoder = this.hooks.replicaFor(hello);
+      decoder?.discardPending();
+      // Other images: answer as their all-zero replica at epoch 0, which is
+      // allocated only when the upstream sends something to apply to it.
+      const replica = (): EpochDecoder => {
+        decoder ??= this.hooks.candidate(hello);
+        return decoder;
+      };
       this.#lastSent = performance.now();
+      const epoch = decoder?.epoch ?? 0;
       await conn.send(encodeControl({
         type: "state",
-        epoch: decoder.epoch,
-        images: digestsOf(decoder),
-        level: this.hooks.connected(decoder.epoch),
+        epoch,
+        images: decoder ? digestsOf(decoder) : hello.images.map((i) => {
+          const d = zeroImageDigest(i.size, hello.blockSize);
+          return { id: i.id, size: i.size, digestLo: d.lo, digestHi: d.hi };
+        }),
+        level: this.hooks.connected(epoch),
       }));
       this.hooks.note(
-        `upstream ${conn.remote} connected at its epoch ${hello.epoch}; this replica is at epoch ${decoder.epoch}`,
+        `upstream ${conn.remote} connected at its epoch ${hello.epoch}; this replica is at epoch ${epoch}`,
       );
-      const base = new BaseReceiver(hello.images, decoder.hasher, decoder.zstd);
+      let base: BaseReceiver | null = null;
       let frames: Uint8Array[] = [];
       let heldBytes = 0;
       // Decodes epoch by epoch, each once `due`; the first failure ends the session.
@@ -395,7 +463,7 @@ export class UpstreamServer {
         if (deferredError) return;
         try {
           let applied = null;
-          for (const f of epochFrames) applied = decoder.receive(f);
+          for (const f of epochFrames) applied = replica().receive(f);
           if (applied) {
             const level = this.hooks.applied(
               applied.epoch,
@@ -406,7 +474,7 @@ export class UpstreamServer {
           }
         } catch (e) {
           deferredError = e as Error;
-          this.hooks.rejected?.(decoder.epoch);
+          this.hooks.rejected?.(replica().epoch);
           await this.#abort(conn, deferredError.message); // ends the loop below
         }
       };
@@ -428,9 +496,9 @@ export class UpstreamServer {
         if (isFrame(bytes)) {
           frames.push(bytes);
           heldBytes += bytes.length;
-          if (heldBytes > decoder.maxEpochBytes) {
+          if (heldBytes > replica().maxEpochBytes) {
             throw new DecodeError(
-              `${heldBytes} bytes of frames without a COMMIT, more than the ${decoder.maxEpochBytes} an epoch of these images can take`,
+              `${heldBytes} bytes of frames without a COMMIT, more than the ${replica().maxEpochBytes} an epoch of these images can take`,
             );
           }
           if (isCommitFrame(bytes)) {
@@ -469,9 +537,9 @@ export class UpstreamServer {
           if (this.hooks.decodeDue) continue; // held in `frames` until the COMMIT
           let applied;
           try {
-            applied = decoder.receive(bytes);
+            applied = replica().receive(bytes);
           } catch (e) {
-            this.hooks.rejected?.(decoder.epoch);
+            this.hooks.rejected?.(replica().epoch);
             throw e;
           }
           if (applied) {
@@ -495,12 +563,16 @@ export class UpstreamServer {
         // a bad one ends the session only after the epochs before it).
         if (!await settle()) break;
         const m = decodeControl(bytes);
+        if (m.type === "base" || m.type === "base_end") {
+          const d = replica();
+          base ??= new BaseReceiver(hello.images, d.hasher, d.zstd);
+        }
         if (m.type === "base") {
-          base.add(m as Base);
+          base!.add(m as Base);
         } else if (m.type === "base_end") {
-          const contents = base.finish(m);
+          const contents = base!.finish(m);
           const level = this.hooks.based(m.epoch, contents, m.images);
-          decoder = this.hooks.prepare(hello);
+          decoder = this.hooks.replicaFor(hello) ?? replica();
           decoder.discardPending();
           frames = [];
           heldBytes = 0;

@@ -26,6 +26,7 @@ import { createCodecZstd } from "./compress/zstd.ts";
 import { type ResumedGuest, resumeGuest } from "./resume.ts";
 import type { Source } from "./source.ts";
 import { formatDigest } from "./digest.ts";
+import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
 
 /** Options of {@linkcode Backup.open}. */
 export interface BackupOptions {
@@ -35,6 +36,8 @@ export interface BackupOptions {
   store: string;
   /** Token and certificates: what peers must present, and what this role presents. Default: none. */
   auth?: PeerAuth;
+  /** What an upstream's HELLO may name. Default: this host's memory, per image and in all. */
+  imageLimits?: ImageLimits;
   transport?: TransportOptions;
   /**
    * Unless the upstream asks for durable acks, epochs applied in memory reach
@@ -83,6 +86,7 @@ export class Backup implements ReplicaHooks {
   readonly role = "backup";
   readonly receivedAck = true;
   readonly auth: PeerAuth;
+  readonly imageLimits: ImageLimits;
   decoder: EpochDecoder | null = null;
   upstream: UpstreamServer;
   appliedEpochs = 0;
@@ -112,6 +116,7 @@ export class Backup implements ReplicaHooks {
     this.#store = store;
     this.#flushMs = options.flushMs ?? 100;
     this.auth = options.auth ?? PeerAuth.none();
+    this.imageLimits = options.imageLimits ?? defaultImageLimits();
     this.#note = options.note ?? ((l) => console.error(l));
     const state = store.state;
     if (state) {
@@ -358,7 +363,7 @@ export class Backup implements ReplicaHooks {
       );
   }
 
-  prepare(hello: Hello): EpochDecoder {
+  replicaFor(hello: Hello): EpochDecoder | null {
     const d = this.decoder;
     this.#candidate = null;
     if (d && replicates(d, hello)) return d;
@@ -366,9 +371,13 @@ export class Backup implements ReplicaHooks {
       this.#note(
         `upstream replicates other images (${
           hello.images.map((i) => i.id).join(", ")
-        }): starting a new replica`,
+        }): starting a new replica once it sends data`,
       );
     }
+    return null;
+  }
+
+  candidate(hello: Hello): EpochDecoder {
     const fresh = new EpochDecoder(hello.images, {
       blockSize: hello.blockSize,
     });

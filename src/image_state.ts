@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { BlockHasher } from "./hash/block_hash.ts";
+import { type BlockHasher, hashBlockInto } from "./hash/block_hash.ts";
 import { DigestAccumulator, type ImageDigest } from "./digest.ts";
 
 /** Page size of every image: the unit patches are made of. */
@@ -129,4 +129,35 @@ export function checkLength(id: string, size: number, length: number): number {
     );
   }
   return length;
+}
+
+/** Recent {@linkcode zeroImageDigest}s: an upstream reconnecting names the same images. */
+const zeroDigests = new Map<string, ImageDigest>();
+
+/**
+ * The digest of an all-zero image of `size` bytes in blocks of `blockSize`
+ * (what a new replica holds before anything arrived: `new ImageState(id,
+ * size, hasher).digestValue()`), computed without allocating the image or
+ * its hashes: every block, the short last one too, hashes as a zero block.
+ *
+ * @example
+ * ```ts
+ * import { zeroImageDigest } from "./image_state.ts";
+ *
+ * zeroImageDigest(1 << 20, 64); // { size: 1048576, lo: …, hi: … }
+ * ```
+ */
+export function zeroImageDigest(size: number, blockSize: number): ImageDigest {
+  const key = `${size}/${blockSize}`;
+  const known = zeroDigests.get(key);
+  if (known) return known;
+  const zero = new Uint32Array(2);
+  hashBlockInto(new Uint8Array(blockSize), 0, blockSize, zero, 0);
+  const d = new DigestAccumulator();
+  const blocks = Math.ceil(size / blockSize);
+  for (let b = 0; b < blocks; b++) d.add(b, zero[0], zero[1]);
+  const digest = d.value(size);
+  if (zeroDigests.size >= 16) zeroDigests.clear();
+  zeroDigests.set(key, digest);
+  return digest;
 }

@@ -1,36 +1,53 @@
 /**
- * Who may replicate to whom: a shared token and mutual TLS, checked on the
- * first message of every link (HELLO) before anything else it sends is
- * looked at.
+ * Who may replicate to whom: a shared token, and a certificate the upstream
+ * proves it holds, checked during the handshake of every link before
+ * anything else it sends is looked at.
  *
  * Deno's TLS listeners (`Deno.listenTls`, QUIC endpoints, `Deno.serve`)
- * cannot ask the client for a certificate, so the client's half of mutual
- * TLS is done inside the TLS channel: the upstream sends its certificate
- * chain in HELLO with a signature, made with the certificate's key, over the
- * name of the server it dialed, the time and a random nonce. The downstream
- * checks that the certificate is signed by its CA, that the certificate is valid now
- * (and meant for client authentication if it says what it is for), that the
- * signature verifies with the certificate's key, that the time is within
- * {@linkcode PROOF_MAX_SKEW_MS} of its clock, and that the name is one of its
- * own certificate's names. The server's half is ordinary TLS: the upstream
- * verifies the downstream's certificate against the same CA. Binding the
- * proof to the dialed name keeps a server that holds a valid certificate of
- * its own from passing a proof on to another server.
+ * cannot ask the client for a certificate, so this is **not TLS client
+ * authentication**: it is a certificate-bound proof made inside the TLS
+ * channel. After the upstream's HELLO (which carries the token), a
+ * downstream that requires certificates sends a CHALLENGE: 32 fresh random
+ * bytes for this connection only. The upstream answers with a PROOF: its
+ * certificate chain and a signature, made with the certificate's key, over
+ * the challenge and the name of the server it dialed. The downstream checks
+ * that the certificate is signed by its CA, valid now (and meant for client
+ * authentication if it says what it is for), that the signature verifies
+ * with the certificate's key over this connection's challenge, and that the
+ * name is one of its own certificate's names (a certificate that names no
+ * host accepts no proof). The server's half is ordinary TLS: the upstream
+ * verifies the downstream's certificate against the same CA.
+ *
+ * What it protects against: an upstream without a key of a CA-signed
+ * certificate; a proof seen once (in a log, a memory dump, a broken TLS
+ * session) used again — the challenge differs on every connection; a server
+ * with a valid certificate of its own that passes its challenge on to the
+ * client and the client's proof on to another server — the proof names the
+ * server the client dialed. What it does not: the TLS channel itself
+ * carries everything after the handshake, so a party that can read or
+ * change TLS traffic (a stolen server key) is out of its reach; the proof
+ * is not bound to the TLS session, so a man in the middle that terminates
+ * TLS with a certificate for the dialed name (issued by the same CA) can
+ * relay the whole conversation; and a plain `tcp:`/`ws:` listener asks for
+ * no proof at all (only the token is checked there).
  *
  * @example
  * ```ts
  * const auth = await PeerAuth.create({ token: "s3cret", cert, key, ca: [caPem] });
- * const hello = { ..., token: auth.token, auth: await auth.proof("backup-1.example") };
- * const verdict = await auth.check(hello); // { ok: true, peer: "CN=primary" }
+ * // Downstream, for one connection:
+ * const challenge = auth.challenge();
+ * // Upstream, answering it:
+ * const proof = await auth.proof("backup-1.example", challenge);
+ * // Downstream:
+ * auth.checkToken(hello.token); // { ok: true, peer: "token" }
+ * await auth.checkProof(proof, challenge); // { ok: true, peer: "CN=primary" }
  * ```
  * @module
  */
 
-import type { HelloAuth } from "./protocol.ts";
+import { CHALLENGE_BYTES, type Proof } from "./protocol.ts";
 
-/** How far the time in a client proof may be from the checker's clock. */
-export const PROOF_MAX_SKEW_MS = 5 * 60_000;
-const PROOF_CONTEXT = "patchwire-peer-proof/1";
+const PROOF_CONTEXT = "patchwire-peer-proof/2";
 const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
 
 /** What a role is given to authenticate itself and its peers. PEM strings. */
@@ -143,17 +160,15 @@ function signAlgorithm(
   );
 }
 
+/** What a proof signs: the context, the dialed name and the connection's challenge. */
 function proofMessage(
   serverName: string,
-  time: number,
-  nonce: Uint8Array,
+  challenge: Uint8Array,
 ): Uint8Array<ArrayBuffer> {
-  const head = new TextEncoder().encode(
-    `${PROOF_CONTEXT}\n${serverName}\n${time}\n`,
-  );
-  const out = new Uint8Array(head.length + nonce.length);
+  const head = new TextEncoder().encode(`${PROOF_CONTEXT}\n${serverName}\n`);
+  const out = new Uint8Array(head.length + challenge.length);
   out.set(head);
-  out.set(nonce, head.length);
+  out.set(challenge, head.length);
   return out;
 }
 
@@ -301,42 +316,55 @@ export class PeerAuth {
     return this.#key !== null;
   }
 
-  /** The client proof for a HELLO to `serverName`, or undefined without a certificate. */
-  async proof(serverName: string): Promise<HelloAuth | undefined> {
+  /** A fresh random challenge for one connection's proof. */
+  challenge(): Uint8Array {
+    return crypto.getRandomValues(new Uint8Array(CHALLENGE_BYTES));
+  }
+
+  /**
+   * The answer to a CHALLENGE from the server dialed as `serverName`, or
+   * undefined without a certificate.
+   */
+  async proof(
+    serverName: string,
+    challenge: Uint8Array,
+  ): Promise<Proof | undefined> {
     if (!this.#key) return undefined;
-    const time = Date.now();
-    const nonce = crypto.getRandomValues(new Uint8Array(16));
+    const name = serverName.toLowerCase();
     const signature = new Uint8Array(
       await crypto.subtle.sign(
         this.#signAlg!,
         this.#key,
-        proofMessage(serverName.toLowerCase(), time, nonce),
+        proofMessage(name, challenge),
       ),
     );
     return {
+      type: "proof",
       chain: this.#chain.map((c) => c.toString("pem")).join("\n"),
-      serverName: serverName.toLowerCase(),
-      time,
-      nonce,
+      serverName: name,
       signature,
     };
   }
 
-  /**
-   * Checks a HELLO's token and, with `requireCertificate` (see
-   * {@linkcode PeerAuth.requiresCertificateOn}), its proof. `now` is for tests.
-   */
-  async check(
-    hello: { token: string; auth?: HelloAuth },
-    requireCertificate: boolean,
-    now = Date.now(),
-  ): Promise<AuthVerdict> {
-    if (!constantTimeEqual(hello.token, this.token)) {
+  /** Checks a HELLO's token: the first check, before anything is allocated. */
+  checkToken(token: string): AuthVerdict {
+    if (!constantTimeEqual(token, this.token)) {
       return { ok: false, reason: "token", message: "wrong token" };
     }
-    if (!requireCertificate) {
-      return { ok: true, peer: this.token ? "token" : "anyone" };
-    }
+    return { ok: true, peer: this.token ? "token" : "anyone" };
+  }
+
+  /**
+   * Checks the PROOF an upstream answered `challenge` with (undefined: it
+   * has no certificate), where {@linkcode PeerAuth.requiresCertificateOn}.
+   * `now` is for tests. Never throws: whatever a peer's material makes the
+   * checks throw is a refusal.
+   */
+  async checkProof(
+    proof: Omit<Proof, "type"> | undefined,
+    challenge: Uint8Array,
+    now = Date.now(),
+  ): Promise<AuthVerdict> {
     if (!this.hasCa) {
       return {
         ok: false,
@@ -345,7 +373,7 @@ export class PeerAuth {
       };
     }
     try {
-      return await this.#checkCertificate(hello.auth, now);
+      return await this.#checkCertificate(proof, challenge, now);
     } catch (e) {
       // The X.509 parser throws on damaged certificates in many places.
       return {
@@ -357,7 +385,8 @@ export class PeerAuth {
   }
 
   async #checkCertificate(
-    a: HelloAuth | undefined,
+    a: Omit<Proof, "type"> | undefined,
+    challenge: Uint8Array,
     now: number,
   ): Promise<AuthVerdict> {
     const refuse = (message: string): AuthVerdict => ({
@@ -402,17 +431,14 @@ export class PeerAuth {
         `client certificate ${leaf.subject} (issuer ${leaf.issuer}) is not signed by a trusted CA`,
       );
     }
-    if (Math.abs(a.time - now) > PROOF_MAX_SKEW_MS) {
-      const when = new Date(a.time);
+    if (this.#names.size === 0) {
+      // Nothing to bind the proof to: a proof for any name would pass, and
+      // a server could pass on what it was shown.
       return refuse(
-        `client proof made at ${
-          isNaN(when.getTime()) ? `${a.time} ms` : when.toISOString()
-        }, more than ${
-          PROOF_MAX_SKEW_MS / 60000
-        } minutes from this host's clock`,
+        "this peer's own certificate names no host (no DNS or IP subject alternative name, no CN), so no client proof can be bound to it: give it a certificate naming the host upstreams dial",
       );
     }
-    if (this.#names.size > 0 && !this.#names.has(a.serverName)) {
+    if (!this.#names.has(a.serverName)) {
       return refuse(
         `client proof is for server "${a.serverName}", expected one of this peer's names (${
           [...this.#names].join(", ")
@@ -426,11 +452,11 @@ export class PeerAuth {
         algs.signAlg,
         pub,
         new Uint8Array(a.signature),
-        proofMessage(a.serverName, a.time, a.nonce),
+        proofMessage(a.serverName, challenge),
       );
       if (!ok) {
         return refuse(
-          `client proof signature does not verify with ${leaf.subject}'s key`,
+          `client proof signature does not verify with ${leaf.subject}'s key over this connection's challenge (a proof made for another connection, or tampered with)`,
         );
       }
     } catch (e) {

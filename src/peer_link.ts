@@ -282,7 +282,6 @@ export class PeerLink {
     failed: (e: Error) => void,
   ): Promise<void> {
     const owner = this.owner;
-    const auth = await owner.auth.proof(serverNameOf(this.url));
     await conn.send(encodeControl({
       type: "hello",
       token: owner.auth.token,
@@ -291,7 +290,6 @@ export class PeerLink {
       blockSize: owner.blockSize,
       durable: owner.durable,
       level: owner.ackLevel,
-      ...(auth ? { auth } : {}),
     }));
     const state = await this.#receiveState(conn);
     heard();
@@ -408,20 +406,41 @@ export class PeerLink {
     for (const r of w) r();
   }
 
+  /** The peer's STATE, after answering its CHALLENGE if it sends one. */
   async #receiveState(conn: Connection): Promise<State> {
-    const bytes = await conn.receive();
-    if (bytes === null) {
-      throw new Error("peer closed the connection during the handshake");
+    let challenged = false;
+    for (;;) {
+      const bytes = await conn.receive();
+      if (bytes === null) {
+        throw new Error("peer closed the connection during the handshake");
+      }
+      if (!isControl(bytes)) {
+        throw new Error("peer sent a frame, expected its state");
+      }
+      const m = decodeControl(bytes);
+      if (m.type === "error") throw new Error(`peer refused: ${m.message}`);
+      if (m.type === "challenge" && !challenged) {
+        challenged = true;
+        const proof = await this.owner.auth.proof(
+          serverNameOf(this.url),
+          m.nonce,
+        );
+        if (!proof) {
+          const message =
+            "no client certificate: this upstream has no --cert/--key";
+          await conn.send(encodeControl({ type: "error", message }));
+          throw new Error(
+            "peer refused: authentication failed: it requires a client certificate signed by its CA, and this role has none (--cert/--key)",
+          );
+        }
+        await conn.send(encodeControl(proof));
+        continue;
+      }
+      if (m.type !== "state") {
+        throw new Error(`peer sent ${m.type}, expected its state`);
+      }
+      return m;
     }
-    if (!isControl(bytes)) {
-      throw new Error("peer sent a frame, expected its state");
-    }
-    const m = decodeControl(bytes);
-    if (m.type === "error") throw new Error(`peer refused: ${m.message}`);
-    if (m.type !== "state") {
-      throw new Error(`peer sent ${m.type}, expected its state`);
-    }
-    return m;
   }
 
   /** The next epoch to send if the peer can continue from the log, else -1. */

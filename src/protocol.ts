@@ -12,7 +12,10 @@
  *
  * The conversation, upstream → downstream unless marked:
  *
- *     HELLO  {token, images, epoch, blockSize, durable, level, auth?}
+ *     HELLO  {token, images, epoch, blockSize, durable, level}
+ *     then, where the downstream requires a client certificate (`peer_auth.ts`):
+ *     CHALLENGE {nonce}                                downstream → upstream
+ *     PROOF  {chain, serverName, signature}            (or ERROR: no certificate)
  *     STATE  {epoch, images (with digests), level}     downstream → upstream
  *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
  *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
@@ -39,7 +42,7 @@ import { Unpackr } from "msgpackr/unpack";
 /** Control message magic. */
 export const CONTROL_MAGIC = "PWC";
 /** Control protocol version this build speaks. */
-export const CONTROL_VERSION = 2;
+export const CONTROL_VERSION = 3;
 
 /** How far a peer has taken an epoch; higher levels imply the lower ones. */
 export const AckLevel = { received: 0, applied: 1, durable: 2 } as const;
@@ -64,18 +67,28 @@ export interface ImageDigestInfo extends ImageInfo {
   digestHi: number;
 }
 
+/** Bytes of a CHALLENGE's nonce. */
+export const CHALLENGE_BYTES = 32;
+
 /**
- * An upstream's proof that it holds a certificate (mutual TLS done inside
- * the TLS channel, see `peer_auth.ts`): a signature with the certificate's
- * key over the server name it dialed, the time and a nonce.
+ * The downstream asks the upstream to prove it holds a certificate: a fresh
+ * random nonce for this connection only (see `peer_auth.ts`).
  */
-export interface HelloAuth {
+export interface Challenge {
+  type: "challenge";
+  nonce: Uint8Array;
+}
+
+/**
+ * The upstream's answer to a CHALLENGE: its certificate chain and a
+ * signature with the certificate's key over the server name it dialed and
+ * the challenge's nonce.
+ */
+export interface Proof {
+  type: "proof";
   /** PEM: the upstream's certificate first. */
   chain: string;
   serverName: string;
-  /** ms since the epoch, the signer's clock. */
-  time: number;
-  nonce: Uint8Array;
   signature: Uint8Array;
 }
 
@@ -91,8 +104,6 @@ export interface Hello {
   durable: boolean;
   /** The lowest ack level the upstream's policy needs. */
   level: AckLevel;
-  /** Present when the upstream has a certificate. */
-  auth?: HelloAuth;
 }
 
 /** Downstream's committed state: where catch-up starts. */
@@ -154,6 +165,8 @@ export interface ErrorMessage {
 /** Any control message. */
 export type ControlMessage =
   | Hello
+  | Challenge
+  | Proof
   | State
   | Base
   | BaseEnd
@@ -171,6 +184,8 @@ const TYPE_CODES = {
   error: 6,
   ping: 7,
   pong: 8,
+  challenge: 9,
+  proof: 10,
 } as const;
 const TYPE_NAMES = Object.fromEntries(
   Object.entries(TYPE_CODES).map(([k, v]) => [v, k]),
@@ -282,7 +297,7 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
   const type = typeof code === "number" ? TYPE_NAMES[code] : undefined;
   need(
     type !== undefined,
-    `unknown control message type ${code}, expected 1..8`,
+    `unknown control message type ${code}, expected 1..10`,
   );
   need(
     typeof body === "object" && body !== null,
@@ -297,19 +312,21 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
           (b.level === 0 || b.level === 1 || b.level === 2),
         "hello needs token, epoch, blockSize, durable and level 0, 1 or 2",
       );
-      if (b.auth !== undefined) {
-        const a = b.auth as Record<string, unknown>;
-        need(
-          typeof a === "object" && a !== null &&
-            typeof a.chain === "string" && a.chain.length <= 64 << 10 &&
-            typeof a.serverName === "string" && a.serverName.length <= 255 &&
-            isUint(a.time) && a.nonce instanceof Uint8Array &&
-            a.nonce.length === 16 && a.signature instanceof Uint8Array &&
-            a.signature.length <= 1024,
-          "hello auth needs chain (PEM, at most 64 KiB), serverName, time, a 16-byte nonce and a signature",
-        );
-      }
       checkImages(b.images, false, "hello");
+      break;
+    case "challenge":
+      need(
+        b.nonce instanceof Uint8Array && b.nonce.length === CHALLENGE_BYTES,
+        `challenge needs a ${CHALLENGE_BYTES}-byte nonce`,
+      );
+      break;
+    case "proof":
+      need(
+        typeof b.chain === "string" && b.chain.length <= 64 << 10 &&
+          typeof b.serverName === "string" && b.serverName.length <= 255 &&
+          b.signature instanceof Uint8Array && b.signature.length <= 1024,
+        "proof needs chain (PEM, at most 64 KiB), serverName (at most 255 characters) and a signature (at most 1024 bytes)",
+      );
       break;
     case "state":
       need(

@@ -7,6 +7,7 @@
  */
 
 import { PeerAuth } from "./peer_auth.ts";
+import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import type { AppliedEpoch } from "./decoder.ts";
@@ -51,6 +52,8 @@ export interface RelayOptions {
   ack?: AckPolicy;
   /** Token and certificates: what peers must present, and what this role presents. Default: none. */
   auth?: PeerAuth;
+  /** What an upstream's HELLO may name. Default: this host's memory, per image and in all. */
+  imageLimits?: ImageLimits;
   /** Bound of the retained log in bytes. Default 256 MiB. */
   logBytes?: number;
   transport?: TransportOptions;
@@ -71,6 +74,7 @@ export interface RelayOptions {
 export class Relay implements LinkOwner, ReplicaHooks {
   readonly role = "relay";
   readonly auth: PeerAuth;
+  readonly imageLimits: ImageLimits;
   readonly retained: RetainedLog;
   readonly zstd: Zstd;
   readonly policy: AckPolicy;
@@ -94,6 +98,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
 
   private constructor(readonly url: string, readonly options: RelayOptions) {
     this.auth = options.auth ?? PeerAuth.none();
+    this.imageLimits = options.imageLimits ?? defaultImageLimits();
     this.policy = options.ack ?? {
       who: { kind: "all" },
       level: AckLevel.applied,
@@ -146,10 +151,14 @@ export class Relay implements LinkOwner, ReplicaHooks {
     };
   }
 
-  prepare(hello: Hello): EpochDecoder {
+  replicaFor(hello: Hello): EpochDecoder | null {
     const d = this.decoder;
     this.#candidate = null;
-    if (d && replicates(d, hello)) return d;
+    return d && replicates(d, hello) ? d : null;
+  }
+
+  candidate(hello: Hello): EpochDecoder {
+    const d = this.decoder;
     const fresh = new EpochDecoder(hello.images, {
       blockSize: hello.blockSize,
       zstd: this.zstd,
@@ -181,7 +190,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     images: ImageDigestInfo[],
   ): void {
     faultPoint("relay.forward");
-    if (this.#candidate) return; // not verified yet: see prepare
+    if (this.#candidate) return; // not verified yet: see candidate
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     this.retained.append({ epoch, frames, bytes, images });
   }

@@ -54,8 +54,8 @@ import {
   type ControlMessage,
   decodeControl,
   encodeControl,
-  type HelloAuth,
   type ImageDigestInfo,
+  type Proof,
   ProtocolError,
 } from "../src/protocol.ts";
 import { createZstd, type Zstd } from "../src/compress/zstd.ts";
@@ -66,7 +66,13 @@ import { Relay } from "../src/relay.ts";
 import { Primary } from "../src/primary.ts";
 import { PeerAuth } from "../src/peer_auth.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
-import { FUZZ_CA, FUZZ_PROOF, STRANGER_PROOF } from "./_fuzz_certs.ts";
+import {
+  FUZZ_CA,
+  FUZZ_CHALLENGE,
+  FUZZ_CHECK_TIME,
+  FUZZ_PROOF,
+  STRANGER_PROOF,
+} from "./_fuzz_certs.ts";
 import { createControlApp } from "../src/control_plane.ts";
 import { imageDigestInfo, type UpstreamServer } from "../src/_upstream.ts";
 import { openSource } from "../src/open_source.ts";
@@ -583,7 +589,17 @@ export function mutateValue(
       let key = rng.pick(KEYS);
       if (key === "type" && options.typeKey === false) key = "extra";
       const value = key === "type"
-        ? rng.pick(["hello", "state", "base", "base_end", "ack", "error", 3])
+        ? rng.pick([
+          "hello",
+          "state",
+          "base",
+          "base_end",
+          "ack",
+          "error",
+          "challenge",
+          "proof",
+          3,
+        ])
         : rng.chance(0.5)
         ? weirdValue(rng)
         : rng.u32() % 100;
@@ -1436,6 +1452,8 @@ export function fuzzCorpus(): Corpus {
     encodeControl({ type: "ack", epoch: 7, level: AckLevel.durable }),
     encodeControl({ type: "error", message: "upstream is going away" }),
     encodeControl({ type: "error", message: "" }),
+    encodeControl({ type: "challenge", nonce: fixtureChallenge() }),
+    encodeControl(fixtureProof(FUZZ_PROOF)),
     // Types newer protocol versions add (PING, PONG), where this one has them.
     ...["ping", "pong"].map((type) =>
       encodeControl({ type } as unknown as ControlMessage)
@@ -1459,7 +1477,6 @@ export interface HelloFields {
   epoch?: number;
   blockSize?: number;
   durable?: boolean;
-  auth?: unknown;
 }
 
 /**
@@ -2278,6 +2295,16 @@ export function controlContract(
       return typeof r.message === "string"
         ? null
         : "error message missing or not a string";
+    case "challenge":
+      return r.nonce instanceof Uint8Array && r.nonce.length === 32
+        ? null
+        : "challenge nonce missing or not 32 bytes";
+    case "proof":
+      return typeof r.chain === "string" && r.chain.length <= 64 << 10 &&
+          typeof r.serverName === "string" && r.serverName.length <= 255 &&
+          r.signature instanceof Uint8Array && r.signature.length <= 1024
+        ? null
+        : "proof fields missing, of the wrong type or too long";
   }
   return null; // a type with no fields (PING, PONG): its code was checked above
 }
@@ -2975,8 +3002,12 @@ const SENTINEL = encodeControl({ type: "ack", epoch: 0, level: 0 });
 const SENTINEL_ANSWER = "unexpected ack from upstream";
 /** Message limit of the fuzzed listeners (a bigger message is refused by the transport). */
 const REPLICA_MAX_MESSAGE = 1 << 20;
-/** A HELLO naming more than this is not sent: the receiver would allocate it (see the report). */
-const HELLO_BYTES_CAP = 16 << 20;
+/**
+ * What the fuzzed replicas let a HELLO name (`--max-image-bytes`,
+ * `--max-total-image-bytes`): HELLOs naming more are sent and must be
+ * refused, before anything is allocated.
+ */
+const REPLICA_IMAGE_LIMITS = { image: 16 << 20, total: 32 << 20 };
 
 /** The role under test, as the handshake target sees it. */
 interface Replica {
@@ -3000,6 +3031,7 @@ async function openBackup(name: string): Promise<Replica> {
       listen: `memory://${name}`,
       store: `${dir}/store`,
       auth: PeerAuth.withToken(FUZZ_TOKEN),
+      imageLimits: REPLICA_IMAGE_LIMITS,
       flushMs: 3_600_000, // the harness flushes after each session
       transport: { maxMessageBytes: REPLICA_MAX_MESSAGE },
       note: (l) => notes.push(l),
@@ -3100,6 +3132,7 @@ async function openRelay(name: string): Promise<Replica> {
     to: [`memory://${name}-nowhere`],
     ack: { who: { kind: "none" }, level: AckLevel.applied },
     auth: PeerAuth.withToken(FUZZ_TOKEN),
+    imageLimits: REPLICA_IMAGE_LIMITS,
     transport: { maxMessageBytes: REPLICA_MAX_MESSAGE },
     link: { backoffMs: 3_600_000, maxBackoffMs: 3_600_000 },
     note: (l) => notes.push(l),
@@ -3419,22 +3452,6 @@ function replicaSession(
   return { messages: [...messages, SENTINEL], how: how.join("; "), hello };
 }
 
-/** A HELLO that would make the receiver allocate more than HELLO_BYTES_CAP: not sent (see the report). */
-function oversizedHello(first: Uint8Array): boolean {
-  let m: ControlMessage;
-  try {
-    m = decodeControl(first);
-  } catch {
-    return false;
-  }
-  if (m.type !== "hello" || m.token !== FUZZ_TOKEN) return false;
-  const images = Array.isArray(m.images) ? m.images : [];
-  let total = 0;
-  for (const i of images) total += typeof i?.size === "number" ? i.size : 0;
-  return total > HELLO_BYTES_CAP || images.length > 64 ||
-    (typeof m.blockSize === "number" && m.blockSize > 4096);
-}
-
 async function fuzzReplica(
   target: "handshake" | "relay",
   options: TargetOptions,
@@ -3538,12 +3555,12 @@ async function fuzzReplica(
       const e = tally.index % CHAIN_EPOCHS;
       try {
         if (!await reach(tally, e)) return;
-        let { messages, how, hello } = replicaSession(rng, corpus, e, typeKey);
-        if (oversizedHello(messages[0])) {
-          tally.note("skipped: a HELLO naming huge images (see the report)");
-          messages = [hello, ...messages.slice(1)];
-          how += " (oversized HELLO replaced)";
-        }
+        const { messages, how, hello } = replicaSession(
+          rng,
+          corpus,
+          e,
+          typeKey,
+        );
         tally.input = how;
         replica.mark();
         const o = await runSession(replica, messages, ms);
@@ -3661,17 +3678,14 @@ export function fuzzRelay(options: TargetOptions): Promise<TargetResult> {
 }
 
 // ---------------------------------------------------------------------------
-// Target: the client-certificate proof in a HELLO (PeerAuth.check).
+// Target: the token in a HELLO and the client-certificate PROOF answering a
+// CHALLENGE (PeerAuth.checkToken, PeerAuth.checkProof).
 
 /**
- * The peer-certificate check: a HELLO whose proof (chain, server name, time,
- * nonce, signature) or token is damaged is refused with a reason, never
- * accepted, and `check` never throws.
- */
-/**
  * The checker the auth cases run against. Its own certificate only names it
- * (localhost); what it trusts (FUZZ_CA) and the proofs it is shown are
- * fixed, so every case is the same on every run.
+ * (localhost); what it trusts (FUZZ_CA), the challenge and the proofs it is
+ * shown and its clock (FUZZ_CHECK_TIME) are fixed, so every case is the
+ * same on every run.
  */
 export async function fuzzAuthChecker(): Promise<PeerAuth> {
   const own = await makeDevCerts();
@@ -3683,27 +3697,38 @@ export async function fuzzAuthChecker(): Promise<PeerAuth> {
   });
 }
 
-/** A fixed proof (hex strings in `_fuzz_certs.ts`) as HELLO carries it. */
-export function fixtureProof(
-  p: typeof FUZZ_PROOF | typeof STRANGER_PROOF,
-): HelloAuth {
-  const fromHex = (h: string) =>
-    new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
-  return {
-    ...p,
-    nonce: fromHex(p.nonce),
-    signature: fromHex(p.signature),
-  };
+function fromHex(h: string): Uint8Array {
+  return new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
 }
 
+/** The challenge the fixed proofs answer. */
+export function fixtureChallenge(): Uint8Array {
+  return fromHex(FUZZ_CHALLENGE);
+}
+
+/** A fixed proof (hex strings in `_fuzz_certs.ts`) as a PROOF message carries it. */
+export function fixtureProof(
+  p: typeof FUZZ_PROOF | typeof STRANGER_PROOF,
+): Proof {
+  return { type: "proof", ...p, signature: fromHex(p.signature) };
+}
+
+/**
+ * The credentials check: a HELLO token or a PROOF (chain, server name,
+ * signature) that is damaged, or a proof shown to another connection's
+ * challenge (a replay), is refused with a reason, never accepted, and the
+ * checks never throw.
+ */
 export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
   const server = await fuzzAuthChecker();
   const proof = fixtureProof(FUZZ_PROOF);
   const strangerProof = fixtureProof(STRANGER_PROOF);
-  const hello = decodeControl(helloBytes({ images: [], auth: proof }));
+  const challenge = fixtureChallenge();
   const ms = options.stepTimeoutMs ?? 10_000;
   return runCases("auth", options, async (rng, tally) => {
-    const m = structuredCloneish(hello) as Record<string, unknown>;
+    const m = structuredCloneish(proof) as Record<string, unknown>;
+    let token: unknown = FUZZ_TOKEN;
+    let shownChallenge = challenge;
     const how: string[] = [];
     for (let k = rng.range(1, 2); k > 0; k--) {
       const what = rng.weighted(
@@ -3711,27 +3736,22 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
           [3, "token"],
           [6, "chain"],
           [2, "serverName"],
-          [3, "time"],
-          [2, "nonce"],
+          [3, "challenge"],
           [4, "signature"],
           [2, "swap"],
-          [1, "none"],
           [2, "struct"],
         ] as const,
       );
       how.push(what);
-      // An earlier damage may have removed the proof or made it a non-map.
-      if (!isPlainObject(m.auth)) m.auth = { ...proof };
-      const a = m.auth as Record<string, unknown>;
       const bytesOf = (v: unknown) =>
         v instanceof Uint8Array ? v : new Uint8Array(16);
       switch (what) {
         case "token":
-          m.token = nearValue(rng, m.token);
+          token = nearValue(rng, token);
           break;
         case "chain": {
-          const pem = String(a.chain);
-          a.chain = rng.pick([
+          const pem = String(m.chain);
+          m.chain = rng.pick([
             () => mutateBytes(rng, new TextEncoder().encode(pem)).bytes,
             () => pem.replace(/[A-Za-z0-9+/]{8}/, "AAAAAAAA"),
             () => "",
@@ -3744,13 +3764,13 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
               pem +
               "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
           ])();
-          if (a.chain instanceof Uint8Array) {
-            a.chain = new TextDecoder().decode(a.chain);
+          if (m.chain instanceof Uint8Array) {
+            m.chain = new TextDecoder().decode(m.chain);
           }
           break;
         }
         case "serverName":
-          a.serverName = rng.pick([
+          m.serverName = rng.pick([
             "",
             "LOCALHOST",
             "127.0.0.1",
@@ -3758,41 +3778,38 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
             "localhost.",
           ]);
           break;
-        case "time":
-          a.time = rng.pick([
-            0,
-            num(a.time) + 6 * 60_000,
-            num(a.time) - 6 * 60_000,
-            num(a.time) + 1,
-            8.64e15 + 1,
-            2 ** 53 - 1,
-          ]);
-          break;
-        case "nonce":
-          a.nonce = mutateBytes(rng, bytesOf(a.nonce)).bytes;
+        case "challenge":
+          // The proof replayed on a connection with another challenge.
+          shownChallenge = rng.chance(0.5)
+            ? mutateBytes(rng, challenge).bytes
+            : rng.bytes(32);
+          if (bytesEqual(shownChallenge, challenge)) how.pop();
           break;
         case "signature":
-          a.signature = rng.chance(0.5)
-            ? mutateBytes(rng, bytesOf(a.signature)).bytes
+          m.signature = rng.chance(0.5)
+            ? mutateBytes(rng, bytesOf(m.signature)).bytes
             : rng.bytes(rng.pick([0, 64, 71, 72, 1024]));
           break;
         case "swap":
-          m.auth = { ...strangerProof };
-          break;
-        case "none":
-          delete m.auth;
+          Object.assign(m, strangerProof);
           break;
         case "struct": {
-          const v = mutateValue(rng, m.auth, { typeKey: false });
-          m.auth = v.value;
+          const v = mutateValue(rng, m, { typeKey: false });
+          if (isPlainObject(v.value)) {
+            for (const key of Object.keys(m)) delete m[key];
+            Object.assign(m, v.value);
+          }
           break;
         }
       }
     }
+    if (how.length === 0) how.push("nothing");
     // What a peer can send is what decodeControl lets through.
     let checked: ControlMessage;
     try {
-      checked = decodeControl(encodeControl(m as unknown as ControlMessage));
+      checked = decodeControl(
+        encodeControl({ ...m, type: "proof" } as unknown as ControlMessage),
+      );
     } catch (e) {
       tally.input = how.join("+");
       if (e instanceof ProtocolError) {
@@ -3806,15 +3823,18 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
     tally.input = `proof with damaged ${how.join(" and ")}`;
     let verdict;
     try {
-      verdict = await deadline(
-        server.check(
-          checked as ControlMessage & { type: "hello" },
-          true,
-          proof.time + 1000,
-        ),
-        ms,
-        "PeerAuth.check",
-      );
+      verdict = server.checkToken(typeof token === "string" ? token : "");
+      if (verdict.ok) {
+        verdict = await deadline(
+          server.checkProof(
+            checked as Proof,
+            shownChallenge,
+            FUZZ_CHECK_TIME,
+          ),
+          ms,
+          "PeerAuth.checkProof",
+        );
+      }
     } catch (e) {
       if (e instanceof HangError) {
         tally.violation("hang", e.message);
@@ -3822,7 +3842,7 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
       }
       tally.violation(
         "crash",
-        `PeerAuth.check threw ${(e as Error).name}: ${(e as Error).message}`,
+        `PeerAuth threw ${(e as Error).name}: ${(e as Error).message}`,
         "auth-check-throws",
       );
       return;
@@ -3831,17 +3851,18 @@ export async function fuzzAuth(options: TargetOptions): Promise<TargetResult> {
       tally.rejection(`refused (${verdict.reason})`, verdict.message);
       return;
     }
-    const c = checked as ControlMessage & { type: "hello" };
-    const same = c.token === FUZZ_TOKEN && c.auth !== undefined &&
-      c.auth.serverName === proof.serverName && c.auth.time === proof.time &&
-      bytesEqual(c.auth.nonce, proof.nonce) &&
-      bytesEqual(c.auth.signature, proof.signature);
+    const c = checked as Proof;
+    // The chain may differ where it does not matter (certificates after
+    // the leaf, PEM framing): the leaf's key must still verify the signature.
+    const same = token === FUZZ_TOKEN && c.serverName === proof.serverName &&
+      bytesEqual(c.signature, proof.signature) &&
+      bytesEqual(shownChallenge, challenge);
     if (!same) {
       tally.violation(
         "contract",
-        `a HELLO with a damaged ${
+        `credentials with a damaged ${
           how.join(" and ")
-        } was accepted as ${verdict.peer}`,
+        } were accepted as ${verdict.peer}`,
       );
     }
   }, true);
@@ -4467,6 +4488,25 @@ export function formatSummary(s: FuzzSummary): string {
     } |`,
   );
   return rows.join("\n");
+}
+
+/**
+ * What the run left out: cases skipped (an input the harness could not
+ * encode, a Request the HTTP target could not build), per target and
+ * reason, or "nothing".
+ */
+export function formatExcluded(s: FuzzSummary): string {
+  const out: string[] = [];
+  for (const r of s.results) {
+    for (const [kind, n] of Object.entries(r.errorsByKind)) {
+      if (kind.startsWith("skipped:")) {
+        out.push(`- **${r.target}**: ${kind.slice(8).trim()} ×${n}`);
+      }
+    }
+  }
+  return out.length
+    ? `Excluded (not run as cases):\n\n${out.join("\n")}`
+    : "Excluded: nothing (every case generated was run).";
 }
 
 /** The most frequent rejection kinds per target, as a Markdown list. */

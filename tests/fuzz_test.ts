@@ -18,8 +18,10 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import {
   editFrame,
+  fixtureChallenge,
   fixtureProof,
   formatErrorKinds,
+  formatExcluded,
   formatSummary,
   FUZZ_SPECS,
   FUZZ_TOKEN,
@@ -44,14 +46,14 @@ import {
   type ControlMessage,
   decodeControl,
   encodeControl,
-  type HelloAuth,
+  type Proof,
   ProtocolError,
 } from "../src/protocol.ts";
 import { DecodeError, EpochDecoder } from "../src/decoder.ts";
 import { Backup } from "../src/backup.ts";
 import { PeerAuth } from "../src/peer_auth.ts";
 import { createControlApp } from "../src/control_plane.ts";
-import { FUZZ_PROOF } from "./_fuzz_certs.ts";
+import { FUZZ_CHECK_TIME, FUZZ_PROOF } from "./_fuzz_certs.ts";
 import { memoryTransport } from "../transports/memory.ts";
 
 /** The CI run: fixed, so a failure reproduces anywhere. */
@@ -84,7 +86,9 @@ function commitSeed(): number {
 function report(s: FuzzSummary): string {
   return `seed ${s.seed}: ${s.cases} cases in ${(s.ms / 1000).toFixed(1)} s (${
     Math.round(s.casesPerSecond)
-  } cases/s)\n\n${formatSummary(s)}\n\n${formatErrorKinds(s)}`;
+  } cases/s)\n\n${formatSummary(s)}\n\n${formatExcluded(s)}\n\n${
+    formatErrorKinds(s)
+  }`;
 }
 
 function assertNoViolation(s: FuzzSummary): void {
@@ -378,18 +382,40 @@ knownIssueTest(
   },
 );
 
+/**
+ * The leaf of a PEM chain with the length of its CA signature's second
+ * INTEGER set to 0x61 bytes, more than the signature holds: a signature
+ * that does not parse.
+ */
+function unparsableSignature(chain: string): string {
+  const b64 = chain.replace(/-----[^-]+-----|\s/g, "");
+  const der = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  // The certificate ends with BIT STRING { 0, SEQUENCE { INTEGER r, INTEGER s } }.
+  let at = -1;
+  for (let i = der.length - 8; i > 0; i--) {
+    if (der[i] === 0x03 && der[i + 2] === 0x00 && der[i + 3] === 0x30) {
+      at = i;
+      break;
+    }
+  }
+  assert(at > 0 && der[at + 5] === 0x02, "no ECDSA signature found");
+  const second = at + 7 + der[at + 6];
+  assertEquals(der[second], 0x02);
+  der[second + 1] = 0x61;
+  const text = btoa(String.fromCharCode(...der)).match(/.{1,64}/g)!.join("\n");
+  return `-----BEGIN CERTIFICATE-----\n${text}\n-----END CERTIFICATE-----`;
+}
+
 knownIssueTest(
   "auth-check-throws",
-  "a proof dated past the end of time, or a leaf whose signature does not parse, is refused, not thrown",
+  "a leaf whose signature does not parse is refused, not thrown",
   async () => {
     const server = await fuzzAuthChecker();
     const proof = fixtureProof(FUZZ_PROOF);
-    const check = (auth: HelloAuth) =>
-      server.check({ token: FUZZ_TOKEN, auth }, true, proof.time + 1000);
+    const check = (p: Proof) =>
+      server.checkProof(p, fixtureChallenge(), FUZZ_CHECK_TIME);
     assertEquals((await check(proof)).ok, true);
-    assertEquals((await check({ ...proof, time: 8.64e15 + 1 })).ok, false);
-    // The ECDSA signature's second INTEGER claims 0x61 bytes.
-    const chain = proof.chain.replace("zLSzdHL8AiEA", "zLSzdHL8AiGA");
+    const chain = unparsableSignature(proof.chain);
     assert(chain !== proof.chain);
     assertEquals((await check({ ...proof, chain })).ok, false);
   },

@@ -1,14 +1,16 @@
 /**
- * PeerAuth: who may replicate to whom. A shared token, and a client
- * certificate proved inside TLS (mutual TLS), checked on an upstream's HELLO.
+ * PeerAuth: who may replicate to whom. A shared token in the upstream's
+ * HELLO, and a client certificate proved inside TLS: the downstream sends a
+ * fresh challenge on each connection, and the upstream's PROOF signs it
+ * with the name of the server it dialed.
  */
 
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import {
+  type AuthVerdict,
   constantTimeEqual,
   PeerAuth,
   type PeerAuthOptions,
-  PROOF_MAX_SKEW_MS,
   readTokenFile,
 } from "../src/peer_auth.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
@@ -29,7 +31,7 @@ const client = await PeerAuth.create({
   ca: [certs.caCert],
 });
 
-function refusal(v: Awaited<ReturnType<PeerAuth["check"]>>): string {
+function refusal(v: AuthVerdict): string {
   assert(!v.ok, "expected a refusal");
   return `${v.reason}: ${v.message}`;
 }
@@ -42,36 +44,56 @@ Deno.test("a token compares equal only to itself, whatever its length", () => {
   assert(constantTimeEqual("", ""));
 });
 
-Deno.test("an upstream with the token and a certificate from the CA, proved for this server's name, is accepted", async () => {
-  const hello = { token: "s3cret", auth: await client.proof("localhost") };
-  const v = await server.check(hello, true);
-  assertEquals(v, { ok: true, peer: "CN=localhost" });
+Deno.test("a wrong or missing token is refused; without a token set, anyone passes it", () => {
+  assertEquals(server.checkToken("s3cret"), { ok: true, peer: "token" });
+  assertEquals(refusal(server.checkToken("guess")), "token: wrong token");
+  assertEquals(refusal(server.checkToken("")), "token: wrong token");
+  assertEquals(PeerAuth.none().checkToken(""), { ok: true, peer: "anyone" });
+});
+
+Deno.test("each challenge is fresh: 32 random bytes", () => {
+  const a = server.challenge(), b = server.challenge();
+  assertEquals(a.length, 32);
+  assert(a.some((x, i) => x !== b[i]));
+});
+
+Deno.test("a proof from a certificate of the CA, answering this challenge for this server's name, is accepted", async () => {
+  const challenge = server.challenge();
+  const proof = (await client.proof("localhost", challenge))!;
+  assertEquals(proof.type, "proof");
+  assertEquals(await server.checkProof(proof, challenge), {
+    ok: true,
+    peer: "CN=localhost",
+  });
   // Names are compared as certificates write them: case-insensitively.
-  const v2 = await server.check(
-    { token: "s3cret", auth: await client.proof("127.0.0.1") },
-    true,
+  const v2 = await server.checkProof(
+    (await client.proof("LocalHost", challenge))!,
+    challenge,
   );
   assert(v2.ok);
 });
 
-Deno.test("a wrong or missing token is refused first, with or without certificates", async () => {
-  const auth = await client.proof("localhost");
-  assertEquals(
-    refusal(await server.check({ token: "guess", auth }, true)),
-    "token: wrong token",
+Deno.test("a proof is good for its own challenge only: replayed on another connection it is refused", async () => {
+  const first = server.challenge();
+  const proof = (await client.proof("localhost", first))!;
+  assert((await server.checkProof(proof, first)).ok);
+  const msg = refusal(await server.checkProof(proof, server.challenge()));
+  assert(
+    /signature does not verify .* over this connection's challenge/.test(msg),
+    msg,
   );
-  assertEquals(
-    refusal(await server.check({ token: "" }, false)),
-    "token: wrong token",
-  );
-  assert((await PeerAuth.none().check({ token: "" }, false)).ok);
 });
 
-Deno.test("without a certificate, or with one from another CA, an upstream is refused where certificates are required", async () => {
+Deno.test("without a certificate, or with one from another CA, an upstream is refused", async () => {
+  const challenge = server.challenge();
   assert(
     /no client certificate/.test(
-      refusal(await server.check({ token: "s3cret" }, true)),
+      refusal(await server.checkProof(undefined, challenge)),
     ),
+  );
+  assertEquals(
+    await PeerAuth.withToken("x").proof("localhost", challenge),
+    undefined,
   );
   const stranger = await PeerAuth.create({
     token: "s3cret",
@@ -79,59 +101,73 @@ Deno.test("without a certificate, or with one from another CA, an upstream is re
     key: other.key,
   });
   const msg = refusal(
-    await server.check(
-      { token: "s3cret", auth: await stranger.proof("localhost") },
-      true,
+    await server.checkProof(
+      await stranger.proof("localhost", challenge),
+      challenge,
     ),
   );
   assert(/not signed by a trusted CA/.test(msg), msg);
-  // Where certificates are not required, the token alone is enough.
-  assert((await server.check({ token: "s3cret" }, false)).ok);
 });
 
-Deno.test("a proof for another server, from another time, or tampered with is refused", async () => {
-  const auth = (await client.proof("backup-2.example"))!;
+Deno.test("a proof for another server, or tampered with, is refused", async () => {
+  const challenge = server.challenge();
+  const elsewhere = (await client.proof("backup-2.example", challenge))!;
   assert(
     /proof is for server "backup-2.example", expected one of this peer's names \(localhost, 127.0.0.1/
-      .test(refusal(await server.check({ token: "s3cret", auth }, true))),
+      .test(refusal(await server.checkProof(elsewhere, challenge))),
   );
-  const fresh = (await client.proof("localhost"))!;
-  assert(
-    /more than 5 minutes from this host's clock/.test(
-      refusal(
-        await server.check(
-          { token: "s3cret", auth: fresh },
-          true,
-          fresh.time + PROOF_MAX_SKEW_MS + 1000,
-        ),
-      ),
-    ),
-  );
-  const tampered = { ...fresh, nonce: fresh.nonce.slice() };
-  tampered.nonce[0] ^= 1;
+  const proof = (await client.proof("localhost", challenge))!;
+  const tampered = { ...proof, signature: proof.signature.slice() };
+  tampered.signature[10] ^= 1;
   assert(
     /signature does not verify/.test(
-      refusal(await server.check({ token: "s3cret", auth: tampered }, true)),
+      refusal(await server.checkProof(tampered, challenge)),
     ),
   );
-  const relabelled = { ...fresh, time: fresh.time + 1 };
+  // The name is signed: relabelling a proof for one name as another fails.
+  const relabelled = { ...elsewhere, serverName: "localhost" };
   assert(
     /signature does not verify/.test(
-      refusal(await server.check({ token: "s3cret", auth: relabelled }, true)),
+      refusal(await server.checkProof(relabelled, challenge)),
     ),
   );
+});
+
+Deno.test("a server whose own certificate names no host accepts no proof at all", async () => {
+  const nameless = await makeDevCerts(30, { nameless: true });
+  const checker = await PeerAuth.create({
+    cert: nameless.cert,
+    key: nameless.key,
+    ca: [nameless.caCert],
+  });
+  const holder = await PeerAuth.create({
+    cert: nameless.cert,
+    key: nameless.key,
+  });
+  const challenge = checker.challenge();
+  for (const name of ["localhost", "anything", ""]) {
+    const msg = refusal(
+      await checker.checkProof(await holder.proof(name, challenge), challenge),
+    );
+    assert(/own certificate names no host/.test(msg), msg);
+  }
 });
 
 Deno.test("an expired certificate, or one not meant for clients, is refused", async () => {
-  const auth = (await client.proof("localhost"))!;
+  const challenge = server.challenge();
+  const proof = (await client.proof("localhost", challenge))!;
   const later = Date.now() + 40 * 86400_000; // the test leaf lasts 30 days
   assert(
     /is not valid now/.test(
-      refusal(await server.check({ token: "s3cret", auth }, true, later)),
+      refusal(await server.checkProof(proof, challenge, later)),
     ),
   );
   const serverOnly = await makeDevCerts(30, { clientAuth: false });
-  const trusting = await PeerAuth.create({ ca: [serverOnly.caCert] });
+  const trusting = await PeerAuth.create({
+    cert: certs.cert,
+    key: certs.key,
+    ca: [serverOnly.caCert],
+  });
   const holder = await PeerAuth.create({
     cert: serverOnly.cert,
     key: serverOnly.key,
@@ -139,9 +175,9 @@ Deno.test("an expired certificate, or one not meant for clients, is refused", as
   assert(
     /not for client authentication/.test(
       refusal(
-        await trusting.check(
-          { token: "", auth: await holder.proof("localhost") },
-          true,
+        await trusting.checkProof(
+          await holder.proof("localhost", challenge),
+          challenge,
         ),
       ),
     ),

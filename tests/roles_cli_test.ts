@@ -257,6 +257,30 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
         ["--listen", "wss://127.0.0.1:0/pw", "--store", "/tmp/never"],
         "a wss listener serves a certificate",
       ],
+      [
+        "backup",
+        [
+          "--listen",
+          "tcp://127.0.0.1:0",
+          "--store",
+          "/tmp/never",
+          "--max-image-bytes",
+          "4 furlongs",
+        ],
+        '--max-image-bytes must be a size in bytes >= 1 (K, M, G, T allowed), got "4 furlongs"',
+      ],
+      [
+        "relay",
+        [
+          "--listen",
+          "tcp://127.0.0.1:0",
+          "--to",
+          "tcp://127.0.0.1:5",
+          "--max-total-image-bytes",
+          "0",
+        ],
+        "--max-total-image-bytes must be a size in bytes >= 1",
+      ],
     ] as [string, string[], string][]
   ) {
     const r = await runTool(tool, PERMS, args);

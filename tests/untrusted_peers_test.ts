@@ -10,7 +10,17 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { Primary, type PrimaryOptions } from "../src/primary.ts";
 import { Backup } from "../src/backup.ts";
-import { AckLevel } from "../src/protocol.ts";
+import {
+  AckLevel,
+  type ControlMessage,
+  decodeControl,
+  encodeControl,
+} from "../src/protocol.ts";
+import { connect } from "../transports/mod.ts";
+import { EpochDecoder } from "../src/decoder.ts";
+import { zeroImageDigest } from "../src/image_state.ts";
+import { digestsOf } from "../src/_upstream.ts";
+import type { Connection } from "../src/transport.ts";
 import { openSource } from "../src/open_source.ts";
 import { bytesEqual } from "../src/replay.ts";
 import { PeerAuth } from "../src/peer_auth.ts";
@@ -411,5 +421,143 @@ Deno.test("a stranger connecting, or a connection that says nothing, neither dis
     await p.stop();
     await b.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The next control message on `conn` (null: closed). */
+async function nextControl(conn: Connection): Promise<ControlMessage | null> {
+  const bytes = await conn.receive();
+  return bytes === null ? null : decodeControl(bytes);
+}
+
+const HELLO = encodeControl({
+  type: "hello",
+  token: "s3cret",
+  images: [{ id: "img0", size: 1 << 20 }],
+  epoch: 0,
+  blockSize: 64,
+  durable: false,
+  level: AckLevel.applied,
+});
+
+Deno.test("tls: each connection gets its own challenge, and a proof captured on one is refused on any other", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-replay-" });
+  const notes: string[] = [];
+  const b = await guardedBackup(
+    "tls://127.0.0.1:0",
+    `${dir}/b`,
+    (l) => notes.push(l),
+  );
+  const holder = await PeerAuth.create({ cert: certs.cert, key: certs.key });
+  const url = b.url.replace("127.0.0.1", "localhost");
+  try {
+    // The honest connection: HELLO, the challenge, its proof, STATE.
+    const first = await connect(url, { tls });
+    await first.send(HELLO);
+    const c1 = await nextControl(first);
+    assert(c1?.type === "challenge", `expected a challenge, got ${c1?.type}`);
+    const captured = (await holder.proof("localhost", c1.nonce))!;
+    await first.send(encodeControl(captured));
+    assertEquals((await nextControl(first))?.type, "state");
+    await first.close();
+
+    // The replay: the same proof, on a new connection.
+    const second = await connect(url, { tls });
+    await second.send(HELLO);
+    const c2 = await nextControl(second);
+    assert(c2?.type === "challenge");
+    assert(
+      c2.nonce.some((x, i) => x !== c1.nonce[i]),
+      "a fresh challenge",
+    );
+    await second.send(encodeControl(captured));
+    const answer = await nextControl(second);
+    assert(
+      answer?.type === "error" &&
+        /authentication failed: client proof signature does not verify .* this connection's challenge/
+          .test(answer.message),
+      JSON.stringify(answer),
+    );
+    await second.close();
+    assertEquals(b.upstream.refused.certificate, 1);
+    assertEquals(b.epoch, 0);
+    assert(notes.some((l) => /refused: client proof signature/.test(l)));
+  } finally {
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a HELLO naming more than --max-image-bytes, or more in all than --max-total-image-bytes, is refused before anything is allocated", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-limits-" });
+  const notes: string[] = [];
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/b`,
+    imageLimits: { image: 8 << 20, total: 12 << 20 },
+    note: (l) => notes.push(l),
+  });
+  const hello = (sizes: number[]) =>
+    encodeControl({
+      type: "hello",
+      token: "",
+      images: sizes.map((size, i) => ({ id: `img${i}`, size })),
+      epoch: 0,
+      blockSize: 64,
+      durable: false,
+      level: AckLevel.applied,
+    });
+  const ask = async (sizes: number[]) => {
+    const conn = await connect(b.url);
+    try {
+      await conn.send(hello(sizes));
+      return await nextControl(conn);
+    } finally {
+      await conn.close();
+    }
+  };
+  try {
+    const big = await ask([4 * 2 ** 30]);
+    assert(
+      big?.type === "error" &&
+        /image "img0" of 4.00 GiB is more than --max-image-bytes 8.0 MiB/
+          .test(big.message),
+      JSON.stringify(big),
+    );
+    const many = await ask([8 << 20, 8 << 20]);
+    assert(
+      many?.type === "error" &&
+        /2 images of 16.0 MiB together are more than --max-total-image-bytes 12.0 MiB/
+          .test(many.message),
+      JSON.stringify(many),
+    );
+    assertEquals(b.upstream.refused.protocol, 2);
+    // Within the limits, a HELLO of other images is answered as their
+    // all-zero replica at epoch 0, and nothing is allocated for it yet.
+    const fits = await ask([8 << 20]);
+    assert(fits?.type === "state" && fits.epoch === 0, JSON.stringify(fits));
+    assertEquals(b.decoder, null, "no replica allocated for a HELLO alone");
+    // The digests it answers with are those of a new all-zero replica, so
+    // an upstream at epoch 0 goes on without a base sync.
+    const zero = new EpochDecoder([{ id: "img0", size: 8 << 20 }]);
+    assertEquals(fits.images, digestsOf(zero));
+    zero.close();
+  } finally {
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the all-zero digest a new replica answers with is computed without the image, for any size and block size", () => {
+  for (const blockSize of [16, 64, 4096]) {
+    for (const size of [0, 1, 63, 4096, 4097, 65536 + 80]) {
+      const d = new EpochDecoder([{ id: "z", size }], { blockSize });
+      assertEquals(
+        zeroImageDigest(size, blockSize),
+        d.images[0].digestValue(),
+        `size ${size}, block size ${blockSize}`,
+      );
+      d.close();
+    }
   }
 });

@@ -10,6 +10,9 @@ import {
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
+  DOWNSTREAM_HELP,
+  DOWNSTREAM_VALUED,
+  imageLimits,
   last,
   linkOptions,
   onSignal,
@@ -47,6 +50,7 @@ and use deno task resume.
   --promote          start as a primary from the store (needs --to)
   --to URL[,URL...]  peers for --promote
   --ack, --ack-level, --interval MS|manual, --level fast|max: as for the primary
+${DOWNSTREAM_HELP}
 ${COMMON_HELP}`;
 
 function promoteOptions(
@@ -148,6 +152,7 @@ await runMain(USAGE, async () => {
     "interval",
     "level",
     ...COMMON_VALUED,
+    ...DOWNSTREAM_VALUED,
   ], ["help", "promote"]);
   if (args.options.has("help")) {
     console.log(USAGE);
@@ -166,6 +171,7 @@ await runMain(USAGE, async () => {
   if (!listen) throw new UsageError("--listen is required");
   if (!store) throw new UsageError("--store is required");
   const transport = transportOptions(args);
+  const limits = imageLimits(args);
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
   const intervalText = last(args, "interval") ?? "1000";
@@ -215,6 +221,7 @@ await runMain(USAGE, async () => {
     listen,
     store,
     auth,
+    imageLimits: limits,
     transport: { ...transport, app: shared ? app! : undefined },
   });
   const b = backup;

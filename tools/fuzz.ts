@@ -9,6 +9,7 @@
 import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import {
   formatErrorKinds,
+  formatExcluded,
   formatSummary,
   type FuzzProgress,
   KNOWN_ISSUES,
@@ -142,6 +143,7 @@ await runMain(USAGE, async () => {
     }.\n`,
   );
   console.log(formatSummary(summary));
+  console.log(`\n${formatExcluded(summary)}`);
   console.log(
     `\nRejections by kind (most frequent):\n\n${formatErrorKinds(summary)}`,
   );

@@ -10,6 +10,9 @@ import {
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
+  DOWNSTREAM_HELP,
+  DOWNSTREAM_VALUED,
+  imageLimits,
   last,
   linkOptions,
   onSignal,
@@ -32,6 +35,7 @@ its own policy over its peers is met. A peer that reconnects catches up from
 the log; a new one, or one that fell out of it, gets a base sync.
 
   --log-bytes N     retained log bound, bytes (default 268435456)
+${DOWNSTREAM_HELP}
 ${COMMON_HELP}`;
 
 await runMain(USAGE, async () => {
@@ -42,6 +46,7 @@ await runMain(USAGE, async () => {
     "ack-level",
     "log-bytes",
     ...COMMON_VALUED,
+    ...DOWNSTREAM_VALUED,
   ], ["help"]);
   if (args.options.has("help")) {
     console.log(USAGE);
@@ -61,6 +66,7 @@ await runMain(USAGE, async () => {
   if (to.length === 0) throw new UsageError("--to is required");
   const policy = ackPolicy(args);
   const transport = transportOptions(args);
+  const limits = imageLimits(args);
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
   let relay: Relay | null = null;
@@ -70,6 +76,7 @@ await runMain(USAGE, async () => {
     to,
     ack: policy,
     auth,
+    imageLimits: limits,
     logBytes: last(args, "log-bytes")
       ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
       : undefined,
