@@ -52,6 +52,9 @@ export interface BackupOptions {
 /** Epochs applied in memory before the store is written, at most. */
 const MAX_PENDING_EPOCHS = 16;
 
+/** A store that failed is tried again at most this often (ms), however often upstreams reconnect. */
+const STORE_RETRY_MS = 1000;
+
 /** What promotion needs: the primary's options (its source is the store's images). */
 export interface PromoteOptions extends Omit<PrimaryOptions, "seed"> {
   /**
@@ -75,6 +78,20 @@ export interface PromoteResume {
 }
 
 /**
+ * A backup acks an epoch only while its store can take it. If a write fails
+ * and the store can neither be reopened nor written after reopening (a full
+ * disk, a dead device), the backup stops acking: the epoch it is sent next,
+ * and every upstream connection after it, is refused with an error saying
+ * why ("store DIR cannot be written: …; this backup no longer acks"), so its
+ * upstream's ack policy stops counting it; its status (`storeHealthy`,
+ * `storeError`), hence `/healthz` (503, with the reason) and `/metrics`
+ * (`patchwire_store_healthy 0`), say so. It keeps its replica in memory and
+ * tries the store again when an upstream connects (at most once a second):
+ * once the store reopens and takes the replica's epoch, it is healthy and
+ * acks again. (With `applied` acks, the epochs acked before a batch failed
+ * were, as that level says, applied in memory only: they reach the store
+ * once it recovers, or are lost with the process.)
+ *
  * @example
  * ```ts
  * const backup = await Backup.open({ listen: "tcp://0.0.0.0:7001", store: "/var/lib/patchwire" });
@@ -100,6 +117,12 @@ export class Backup implements ReplicaHooks {
   #candidate: EpochDecoder | null = null;
   /** Set when a store write failed and the store was reopened (recovered). */
   #storeReopened = false;
+  /** Why the store cannot be written, and since when; while set, nothing is acked. */
+  #storeFailure: { error: string; since: string } | null = null;
+  /** Times the store failed (entered that state). */
+  #storeFailures = 0;
+  /** A failed store is not tried again before this (performance.now()). */
+  #storeRetryAt = 0;
   /** Per image, the pages applied in memory and not yet in the store. */
   #pending: Uint32Array[] | null = null;
   #pendingEpochs = 0;
@@ -196,6 +219,8 @@ export class Backup implements ReplicaHooks {
 
   #attach(decoder: EpochDecoder): void {
     decoder.onStaged = (epoch, ranges, digests) => {
+      // Nothing is applied, so nothing acked, that the store cannot take.
+      if (this.#storeFailure) throw new Error(this.#storeFailure.error);
       const images = decoder.images.map((i, s) => ({
         id: i.id,
         size: i.size,
@@ -229,7 +254,9 @@ export class Backup implements ReplicaHooks {
           this.#markPending(decoder, ranges);
         }
       } catch (e) {
-        this.#reopenStore(e as Error);
+        // Reopened, the store is at one committed epoch: `rejected` reloads
+        // the replica from it.
+        if (this.#reopenStore(e as Error)) this.#storeReopened = true;
         throw e;
       }
     };
@@ -261,6 +288,7 @@ export class Backup implements ReplicaHooks {
     this.#flushTimer = null;
     this.#flushSoon = false;
     const pending = this.#pending;
+    const pendingEpochs = this.#pendingEpochs;
     this.#pending = null;
     this.#pendingEpochs = 0;
     if (!pending || !decoder) return;
@@ -292,11 +320,18 @@ export class Backup implements ReplicaHooks {
         b = end;
       }
     });
-    this.store.commitEpoch(
-      { epoch: decoder.epoch, images: digestsOf(decoder) },
-      ranges,
-      false,
-    );
+    try {
+      this.store.commitEpoch(
+        { epoch: decoder.epoch, images: digestsOf(decoder) },
+        ranges,
+        false,
+      );
+    } catch (e) {
+      // Not stored: still pending, for the write once the store recovers.
+      this.#pending = pending;
+      this.#pendingEpochs = pendingEpochs;
+      throw e;
+    }
   }
 
   /** Flushes now, or soon: in batches of up to 16 epochs or `flushMs`. */
@@ -305,7 +340,8 @@ export class Backup implements ReplicaHooks {
       try {
         this.#flush();
       } catch (e) {
-        this.#reopenStore(e as Error);
+        this.#noteWriteFailure(e as Error);
+        this.#recoverStore();
       }
     };
     if (this.#pendingEpochs >= MAX_PENDING_EPOCHS) {
@@ -320,25 +356,112 @@ export class Backup implements ReplicaHooks {
     }
   }
 
-  /**
-   * A failed write leaves the store refusing writes until reopened; reopening
-   * recovers it to one committed epoch (the old one, or the new one if its
-   * journal was whole), and {@linkcode rejected} then reloads the replica
-   * from it, so the upstream resumes from what is really stored.
-   */
-  #reopenStore(cause: Error): void {
+  #noteWriteFailure(cause: Error): void {
     this.#note(
       `store write failed (${cause.message}): reopening ${this.store.dir}`,
     );
+  }
+
+  /**
+   * A failed write of an epoch (durable acks, or a new replica's first write)
+   * leaves the store refusing writes until reopened; reopening recovers it to
+   * one committed epoch (the old one, or the new one if its journal was
+   * whole), and {@linkcode rejected} then reloads the replica from it, so the
+   * upstream resumes from what is really stored. False if the store could
+   * not be reopened (the backup has failed: `storeError` in its status).
+   */
+  #reopenStore(cause: Error): boolean {
+    this.#noteWriteFailure(cause);
+    return this.#openStore();
+  }
+
+  /**
+   * Closes the store and opens it again (recovering it), then checks that it
+   * takes a write (state.json, fsynced): one that opens but cannot be
+   * written, such as on a full disk, would fail every write the same way.
+   * On failure the backup has failed (`storeError` in its status).
+   */
+  #openStore(): boolean {
     try {
       this.#store.close();
       this.#store = BackupStore.open(this.#store.dir);
-      this.#storeReopened = true;
+      if (this.#store.state) this.#store.sync();
+      return true;
     } catch (e) {
+      this.#failStore(e as Error);
+      return false;
+    }
+  }
+
+  /**
+   * After a batch failed, or while the store has failed: reopens it and
+   * writes it up to the replica's epoch (nothing if the reopen redid that
+   * epoch's journal; the pending blocks if it is still at their base; else
+   * every image). True once the store holds the replica: the backup is
+   * healthy and acks again.
+   */
+  #recoverStore(): boolean {
+    if (!this.#openStore()) return false;
+    try {
+      this.#storeReplica();
+    } catch (e) {
+      this.#failStore(e as Error);
+      return false;
+    }
+    if (this.#storeFailure) {
+      this.#storeFailure = null;
       this.#note(
-        `store ${this.#store.dir} cannot be reopened: ${(e as Error).message}`,
+        `store ${this.store.dir} takes writes again and holds the replica's epoch ${this.epoch}: acking again`,
       );
     }
+    return true;
+  }
+
+  /** Brings the (just reopened) store to the replica's epoch. */
+  #storeReplica(): void {
+    const d = this.decoder;
+    if (!d) return;
+    const st = this.store.state;
+    const digests = digestsOf(d);
+    if (
+      st?.epoch === d.epoch && st.images.length === digests.length &&
+      st.images.every((i, s) =>
+        i.id === digests[s].id && i.size === digests[s].size &&
+        (i.length ?? i.size) === (digests[s].length ?? digests[s].size) &&
+        i.digestLo === digests[s].digestLo && i.digestHi === digests[s].digestHi
+      )
+    ) {
+      // The reopen redid the failed batch's journal.
+      this.#pending = null;
+      this.#pendingEpochs = 0;
+    } else if (
+      this.#pending && st && st.epoch < d.epoch && this.#storeHolds(d)
+    ) {
+      this.#flush(d);
+    } else {
+      this.store.replaceAll(
+        { epoch: d.epoch, images: digests },
+        d.images.map((i) => i.committed.subarray(0, i.size)),
+        this.upstream.durable,
+      );
+      this.#pending = null;
+      this.#pendingEpochs = 0;
+    }
+  }
+
+  /** The store cannot be written: nothing is acked until it recovers. */
+  #failStore(cause: Error): void {
+    const error =
+      `store ${this.store.dir} cannot be written: ${cause.message}; this backup no longer acks (it tries the store again when an upstream connects)`;
+    if (!this.#storeFailure) {
+      this.#storeFailures++;
+      this.#storeFailure = { error, since: new Date().toISOString() };
+      this.#note(error);
+    } else if (this.#storeFailure.error !== error) {
+      this.#storeFailure.error = error;
+      this.#note(error);
+    }
+    this.#storeRetryAt = performance.now() + STORE_RETRY_MS;
   }
 
   rejected(_epoch: number): void {
@@ -389,14 +512,31 @@ export class Backup implements ReplicaHooks {
   }
 
   connected(epoch: number): AckLevel {
+    if (this.#storeFailure && !this.#retryStore()) {
+      // Refused with the reason, not answered with a state this backup
+      // cannot stand behind: the upstream logs it, and its ack policy counts
+      // this backup no further.
+      throw new Error(this.#storeFailure.error);
+    }
     if (epoch === 0 || !this.#storeHolds(this.decoder!)) {
       return AckLevel.applied;
     }
     // The upstream may continue from here: make it durable if asked.
     if (!this.upstream.durable) return AckLevel.applied;
-    this.#flush();
-    this.store.sync();
+    try {
+      this.#flush();
+      this.store.sync();
+    } catch (e) {
+      this.#noteWriteFailure(e as Error);
+      if (!this.#recoverStore()) throw new Error(this.#storeFailure!.error);
+      this.store.sync();
+    }
     return AckLevel.durable;
+  }
+
+  /** A failed store tried again, if its last try is long enough ago: true if it recovered. */
+  #retryStore(): boolean {
+    return performance.now() >= this.#storeRetryAt && this.#recoverStore();
   }
 
   applied(): AckLevel {
@@ -410,6 +550,7 @@ export class Backup implements ReplicaHooks {
     contents: Uint8Array[],
     images: ImageDigestInfo[],
   ): AckLevel {
+    if (this.#storeFailure) throw new Error(this.#storeFailure.error);
     this.store.replaceAll({ epoch, images }, contents, this.upstream.durable);
     this.#pending = null;
     this.#pendingEpochs = 0;
@@ -435,6 +576,10 @@ export class Backup implements ReplicaHooks {
       epoch: this.epoch,
       committedEpoch: this.epoch,
       storedEpoch: this.store.state?.epoch ?? 0,
+      storeHealthy: this.#storeFailure === null,
+      storeError: this.#storeFailure?.error ?? null,
+      storeFailedSince: this.#storeFailure?.since ?? null,
+      storeFailures: this.#storeFailures,
       images: this.decoder ? digestsOf(this.decoder) : [],
       upstream: this.upstream.status(),
       appliedEpochs: this.appliedEpochs,
@@ -452,6 +597,10 @@ export class Backup implements ReplicaHooks {
     const decoder = this.decoder;
     if (!decoder) {
       throw new Error("cannot promote: this backup has no replica yet");
+    }
+    if (this.#storeFailure && !this.#recoverStore()) {
+      // The new primary would run on the store's files.
+      throw new Error(`cannot promote: ${this.#storeFailure.error}`);
     }
     await this.upstream.close();
     this.#flush(decoder);
@@ -515,6 +664,7 @@ export class Backup implements ReplicaHooks {
 
   /** Writes every epoch applied in memory to the store now. */
   flush(): void {
+    if (this.#storeFailure) throw new Error(this.#storeFailure.error);
     this.#flush();
   }
 
@@ -523,7 +673,7 @@ export class Backup implements ReplicaHooks {
     await this.promoted?.stop();
     if (!this.promoted) await this.upstream.close();
     try {
-      this.#flush();
+      if (!this.#storeFailure) this.#flush();
     } finally {
       this.store.close();
     }

@@ -196,6 +196,15 @@ function writeAll(f: Deno.FsFile, bytes: Uint8Array): void {
   while (p < bytes.length) p += f.writeSync(bytes.subarray(p));
 }
 
+/** Writes `size` zero bytes from the start of `f`, so its blocks are allocated. */
+function writeZeros(f: Deno.FsFile, size: number): void {
+  const zeros = new Uint8Array(Math.min(size, JOURNAL_GROWTH));
+  f.seekSync(0, Deno.SeekMode.Start);
+  for (let p = 0; p < size; p += zeros.length) {
+    writeAll(f, zeros.subarray(0, Math.min(zeros.length, size - p)));
+  }
+}
+
 function writeAt(f: Deno.FsFile, offset: number, bytes: Uint8Array): void {
   f.seekSync(offset, Deno.SeekMode.Start);
   writeAll(f, bytes);
@@ -906,7 +915,11 @@ export class BackupStore {
     );
     map?.close();
     this.#journalMap = null;
-    this.#journal.truncateSync(size); // idle: its magic is zero, or it is empty
+    // Idle (its magic is zero, or it is empty), so it may be overwritten.
+    // Written, not extended with truncate: a hole stored into through the
+    // mapping on a full disk kills the process with SIGBUS, where a write
+    // fails with ENOSPC, which the backup reports.
+    writeZeros(this.#journal, size);
     this.#journalMap = mapFile(this.#path(JOURNAL), size);
     if (!this.#journalMap) {
       this.#journalUnmappable = true;

@@ -1,5 +1,7 @@
 /**
- * The control plane every role serves with `--http`: health, status (JSON),
+ * The control plane every role serves with `--http`: health (`/healthz`:
+ * 200 `ok`, or 503 with the reason while the role cannot do what it acks
+ * for, such as a backup whose store cannot be written), status (JSON),
  * Prometheus metrics, and the actions (checkpoint on a primary, promote on a
  * backup). The ws/wss transport endpoint can be mounted on the same app.
  * @module
@@ -10,6 +12,7 @@ import { constantTimeEqual } from "./peer_auth.ts";
 
 /** What a role exposes to its control plane. */
 export interface ControlTarget {
+  /** Figures; `/metrics` flattens them, and `/healthz` reads {@linkcode unhealthy} from them. */
   status(): Record<string, unknown>;
   /** Primary: takes a checkpoint and returns its figures once committed. */
   checkpoint?(): Promise<unknown>;
@@ -61,7 +64,12 @@ export function createControlApp(
     await next();
     return undefined;
   };
-  app.get("/healthz", (c) => c.text("ok\n"));
+  app.get("/healthz", (c) => {
+    const problem = unhealthy(target().status());
+    return problem === null
+      ? c.text("ok\n")
+      : c.text(`unhealthy: ${problem}\n`, 503);
+  });
   app.get(
     "/status",
     guard,
@@ -119,6 +127,17 @@ export function createControlApp(
   return app;
 }
 
+/**
+ * Null if a role's status reports nothing wrong; else why: a backup whose
+ * store cannot be written (it acks nothing until it can).
+ */
+export function unhealthy(status: Record<string, unknown>): string | null {
+  if (status.storeHealthy === false) {
+    return String(status.storeError ?? "its store cannot be written");
+  }
+  return null;
+}
+
 function label(v: string): string {
   return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 }
@@ -156,6 +175,11 @@ export function prometheus(status: Record<string, unknown>): string {
   const log = status.log as Record<string, number> | undefined;
   if (log) put("retained_log_bytes", log.bytes);
   put("http_refused_total", status.httpRefused);
+  // A backup's store: 0 while it cannot be written (and nothing is acked).
+  if (typeof status.storeHealthy === "boolean") {
+    put("store_healthy", status.storeHealthy ? 1 : 0);
+  }
+  put("store_failures_total", status.storeFailures);
   const up = status.upstream as Record<string, unknown> | undefined;
   if (up) {
     put("upstream_connected", up.connected ? 1 : 0);
