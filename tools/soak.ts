@@ -22,7 +22,9 @@ const USAGE =
 
 Runs the crash soak (--trials, default 200, at least 200 for RELIABILITY.md)
 and the fuzz soak (--cases, default 1000000), then writes --out (default
-RELIABILITY.md at the project root) with their tables. Progress on stderr.`;
+RELIABILITY.md at the project root) with their tables. Progress on stderr.
+Refuses to run on a tree with uncommitted changes: the file names the commit
+it measured.`;
 
 interface Part {
   title: string;
@@ -70,6 +72,25 @@ async function commit(): Promise<string> {
   }
 }
 
+/** `git status --porcelain`'s first lines, or "" for a clean tree. */
+async function uncommitted(): Promise<string> {
+  const out = await new Deno.Command("git", {
+    args: ["status", "--porcelain", "--untracked-files=no"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(
+      `git status failed: ${new TextDecoder().decode(out.stderr).trim()}`,
+    );
+  }
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n")
+    .filter((l) => l);
+  return lines.slice(0, 3).join("; ") +
+    (lines.length > 3 ? `; and ${lines.length - 3} more` : "");
+}
+
 const GUARANTEES = `## What is guaranteed
 
 Whatever the ack policy and whatever is killed, at any instant:
@@ -82,12 +103,33 @@ Whatever the ack policy and whatever is killed, at any instant:
   catches up from its upstream (from the retained log, or by a base sync).
 - **Nothing unverified.** Every epoch is checked against the digests the
   primary computed (per image, after the epoch) before it is applied, on every
-  relay and backup; a damaged or forged epoch is rejected and the replica stays
-  at its last epoch.
-- **Nothing from strangers.** With a token (\`--token-file\`) or a CA
-  (\`--ca\` on a \`tls:\`, \`quic:\` or \`wss:\` listener), an upstream that
-  cannot present it is refused on its first message, before anything else it
-  sends is read.
+  relay and backup; a damaged epoch (bit flips, a cut or reordered stream,
+  frames of another epoch or lineage, an encoder bug) is rejected and the
+  replica stays at its last epoch. The digests are 64-bit sums of
+  non-cryptographic block hashes: they catch accidents, not an attacker —
+  whoever can write into the stream can make an epoch whose digests match.
+- **Authenticity comes from the channel, not the digests.** On \`tls:\`,
+  \`quic:\` and \`wss:\` links TLS protects every frame after the handshake:
+  nobody on the path can read or change an epoch. On \`tcp:\` and \`ws:\`
+  nothing does: anyone on the path can read the token and change epochs, so
+  use TLS across any network you do not control.
+- **Nothing from strangers.** With a token (\`--token-file\`), an upstream
+  without it is refused on its HELLO. With a CA (\`--ca\` on a \`tls:\`,
+  \`quic:\` or \`wss:\` listener), the upstream must also answer a fresh
+  random challenge, sent on each connection, with a PROOF signed by the key of
+  a certificate from that CA over the challenge and the name it dialed. This
+  is a certificate-bound proof inside TLS, not TLS client authentication (Deno's
+  listeners cannot ask for client certificates): a captured proof is refused
+  on any other connection, and a server cannot pass on a proof made for it;
+  it does not bind the proof to the TLS session, so a man in the middle
+  holding a certificate of the same CA for the dialed name could relay it. A
+  HELLO naming images larger than \`--max-image-bytes\` or in all than
+  \`--max-total-image-bytes\` is refused. Nothing of an upstream's images is
+  allocated before all of that passed.
+- **A backup that cannot store stops acking.** If its store cannot be written
+  (and reopening does not help), a backup refuses epochs and upstreams with
+  the reason, \`/healthz\` answers 503 and \`patchwire_store_healthy\` is 0,
+  until the store takes writes again.
 
 What a *committed* epoch means depends on the policy (\`--ack\` names the
 peers, \`--ack-level\` how far they must have taken it):
@@ -121,6 +163,12 @@ await runMain(USAGE, async () => {
   const cases = intOption(opt("cases") ?? "1000000", "cases", 1);
   const seed = intOption(opt("seed") ?? String(Date.now() % 1e9), "seed", 0);
   const out = opt("out") ?? `${ROOT}RELIABILITY.md`;
+  const dirty = await uncommitted();
+  if (dirty) {
+    throw new Error(
+      `the tree has uncommitted changes (${dirty}): commit them first, so RELIABILITY.md names the code it measured`,
+    );
+  }
   const started = new Date();
 
   const crash = await runPart("crash soak", "crash_soak.ts", [
@@ -184,11 +232,14 @@ ${fuzz.table || "(no output)"}
   slow backup under \`quorum\`.
 - \`tests/untrusted_peers_test.ts\`: wrong token and missing or foreign client
   certificates refused on every transport before any frame is used, logged and
-  counted; frames over \`--max-frame-bytes\` refused; a peer that stops reading
+  counted; a captured proof replayed on another connection refused; HELLOs
+  over the image limits refused before anything is allocated; frames over \`--max-frame-bytes\` refused; a peer that stops reading
   held at \`--send-buffer-bytes\` and the log at \`--log-bytes\` while commits go
   on, then base-synced; the control API's token.
 - \`tests/roles_test.ts\`: corrupted frames rejected by relays and backups, the
   store unchanged; restarts catching up; store write failures recovered.
+- \`tests/backup_store_failure_test.ts\`: a backup whose store fills up (a
+  real full tmpfs) or fails stops acking, reports unhealthy, and recovers.
 `;
   await Deno.writeTextFile(out, text);
   // Formatted as the repository's files are (CI checks \`deno fmt\`).
