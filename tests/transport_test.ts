@@ -643,10 +643,13 @@ Deno.test("bad URLs are TransportErrors naming the URL and the expected form", a
     "expected",
   );
   await assertRejectsTransport(connect("not a url"), "not a url", "expected");
-  await assertRejectsTransport(
-    listen("quic://127.0.0.1:0"),
-    "options.tls.cert",
-  );
+  for (const url of ["quic://127.0.0.1:0", "tls://127.0.0.1:0"]) {
+    await assertRejectsTransport(
+      listen(url),
+      "listener serves a certificate: give --cert FILE and --key FILE",
+      "options.tls.cert",
+    );
+  }
   await assertRejectsTransport(
     connect("memory://nobody-here"),
     "memory://nobody-here",

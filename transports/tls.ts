@@ -34,7 +34,9 @@ export function serverTls(
   const key = options.tls?.key;
   if (!cert || !key) {
     throw new TransportError(
-      `cannot listen on ${url.href}: expected options.tls.cert and options.tls.key (PEM strings)`,
+      `cannot listen on ${url.href}: a ${
+        url.protocol.slice(0, -1)
+      } listener serves a certificate: give --cert FILE and --key FILE (options.tls.cert and options.tls.key, PEM strings)`,
     );
   }
   return { cert, key };
