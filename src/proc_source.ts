@@ -25,10 +25,15 @@
  * zero-filled, marked `unreadable` in the layout, and reported.
  *
  * Dirty pages: where the kernel has soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`),
- * only pages with bit 55 of `/proc/PID/pagemap` set are read (then the bits
- * are cleared by writing `4` to `/proc/PID/clear_refs`) and passed to the
- * encoder as dirty hints; elsewhere, or with `dirty=scan`, every page is
- * read and the encoder scans. Deno treats `/proc/PID/*` as privileged: run with `-A`.
+ * a capture reads, of each mapping that kept its place and size, only the
+ * pages the process's {@linkcode SoftDirtyLog} reports written since the
+ * previous capture (bit 55 of `/proc/PID/pagemap`), passes the pages it
+ * wrote to the encoder as dirty hints, and clears the log (writing `4` to
+ * `/proc/PID/clear_refs`) before the process resumes. The first capture,
+ * and the one after a failed capture or a failed clear, reads every page. A
+ * mapping whose log entries cannot be read is read whole. Elsewhere, or with
+ * `dirty=scan`, every page is read and the encoder scans. Deno treats
+ * `/proc/PID/*` as privileged: run with `-A`.
  * @module
  */
 
@@ -49,6 +54,60 @@ export const LAYOUT_BYTES = 1 << 20;
 const PAGE = 4096;
 const LAYOUT_FORMAT = "patchwire-proc-layout/1";
 const SOFT_DIRTY_BIT = 1n << 55n;
+/** Bit 55 of a pagemap entry is this bit of its high 32-bit word. */
+const SOFT_DIRTY_HIGH_BIT = 1 << (55 - 32);
+/** Which 32-bit word of a native-endian 64-bit entry is the high one. */
+const HIGH_WORD = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 1 : 0;
+const CLEAR_SOFT_DIRTY = new TextEncoder().encode("4");
+
+/**
+ * A process's log of the pages written since it was last cleared, in the
+ * kernel's soft-dirty format. The default is the kernel's own:
+ * `/proc/PID/pagemap` and `/proc/PID/clear_refs`; another can be given to
+ * {@linkcode ProcSource.open} ({@linkcode ProcSourceOptions.dirtyLog}).
+ *
+ * The source calls it only while the process is stopped, and trusts it: a
+ * page whose entry says clean is not read, so its copy in the image stays
+ * what it was at the previous epoch. A log must therefore never report a
+ * page clean unless it knows the page was not written.
+ */
+export interface SoftDirtyLog {
+  /**
+   * Reads the pagemap entries of `entries.length` consecutive pages, from
+   * the page at address `addr` (page-aligned): `entries[i]` is the entry of
+   * the page at `addr + i * 4096`, bit 55 set if the page was written since
+   * the last {@linkcode clear}. Returns how many entries it read.
+   *
+   * A throw or a short read (fewer than `entries.length`) means the log
+   * cannot say which of these pages were written: the source then reads
+   * the whole mapping, and notes the first time it does.
+   */
+  read(addr: number, entries: BigUint64Array): number;
+  /**
+   * Clears every page's soft-dirty bit, so the log of the next epoch starts
+   * now: called at the end of every capture, after its pages were read and
+   * before the process resumes. A throw means the log's state is unknown:
+   * the capture still succeeds (its pages were read), the source notes it,
+   * and its next capture reads every page.
+   */
+  clear(): void;
+  /**
+   * Releases what {@linkcode read} opened; called at the end of every
+   * capture that used the log, and must not throw. Reads may follow (the
+   * next capture's).
+   */
+  close(): void;
+}
+
+/** Options of {@linkcode ProcSource.open} that a spec cannot carry. */
+export interface ProcSourceOptions {
+  /**
+   * The process's dirty page log, used instead of the kernel's soft-dirty
+   * bits (and whether or not this kernel keeps them); ignored with
+   * `dirty=scan`.
+   */
+  dirtyLog?: SoftDirtyLog;
+}
 
 /** One mapping of the layout image. */
 export interface ProcMapping {
@@ -138,10 +197,19 @@ export class ProcSource implements Source {
   readonly name: string;
   readonly images: ImageSpec[];
   readonly process: ProcessHandle;
-  /** Whether soft-dirty bits are used (false: every page is read each capture). */
+  /**
+   * Whether a soft-dirty log is used (the kernel's, or the one given to
+   * {@linkcode ProcSource.open}); false: every page is read each capture.
+   */
   readonly softDirty: boolean;
   #placements: Placement[] = [];
   #captures = 0;
+  /** The next capture reads every page: the first, and any after a failed capture or clear. */
+  #whole = true;
+  #log: SoftDirtyLog | null;
+  /** One mapping's pagemap entries, and the same bytes as 32-bit words. */
+  #entries = new BigUint64Array(0);
+  #entryWords = new Uint32Array(0);
   #note: (line: string) => void;
   #reported = new Set<string>();
 
@@ -150,7 +218,7 @@ export class ProcSource implements Source {
     process: ProcessHandle,
     arenaId: string,
     size: number,
-    softDirty: boolean,
+    log: SoftDirtyLog | null,
     note: (line: string) => void,
   ) {
     this.name = spec;
@@ -159,18 +227,21 @@ export class ProcSource implements Source {
       { id: arenaId, size },
       { id: `${arenaId}.layout`, size: LAYOUT_BYTES },
     ];
-    this.softDirty = softDirty;
+    this.softDirty = log !== null;
+    this.#log = log;
     this.#note = note;
   }
 
   /**
    * Opens `proc:PID[?size=SIZE&id=NAME&dirty=auto|scan]`; the process must
    * exist and be readable. `dirty=scan` reads every page at every capture
-   * even where soft-dirty bits work (default `auto`: use them if they do).
+   * even where soft-dirty bits work (default `auto`: use them if they do,
+   * or `options.dirtyLog` if given).
    */
   static async open(
     spec: string,
     note: (line: string) => void = (l) => console.error(l),
+    options: ProcSourceOptions = {},
   ): Promise<ProcSource> {
     const { target: pidText, params, fail } = parseSourceSpec(spec, {
       size: "SIZE",
@@ -217,26 +288,24 @@ export class ProcSource implements Source {
       );
     }
     const id = params.get("id") ?? `proc-${pid}`;
-    return new ProcSource(
-      spec,
-      process,
-      id,
-      size,
-      dirtyMode === "auto" && softDirtyWorks(),
-      note,
-    );
+    const log = dirtyMode === "scan" ? null : options.dirtyLog ??
+      (softDirtyWorks() ? new KernelSoftDirtyLog(pid) : null);
+    return new ProcSource(spec, process, id, size, log, note);
   }
 
   /**
    * Stops the process (unless it is stopped already), reads its writable
    * mappings into their places in the arena, writes the layout, resumes it.
    * Fails, capturing nothing usable, if the process exited or its memory no
-   * longer fits the arena.
+   * longer fits the arena; the next capture then reads every page.
    */
   async capture(into: Uint8Array[]): Promise<CaptureResult> {
     checkInto(this.images, into);
     const [arena, layoutImage] = into;
-    const first = this.#captures === 0;
+    // Until this capture succeeds, the arena may hold part of it: the next
+    // one must not build on it.
+    const whole = this.#whole;
+    this.#whole = true;
     let wasStopped: boolean;
     try {
       wasStopped = (await this.process.state()) === "T";
@@ -245,6 +314,8 @@ export class ProcSource implements Source {
     }
     const t0 = performance.now();
     let dirty: Uint32Array | null = null;
+    let placements: Placement[];
+    let cleared = true;
     try {
       if (!wasStopped) this.process.signal("SIGSTOP");
       try {
@@ -252,25 +323,15 @@ export class ProcSource implements Source {
         const maps = writableRanges(
           parseMaps(await this.process.readProc("maps")),
         );
-        const previous = this.#placements;
-        const next = this.#place(maps, arena.length);
-        if (first) arena.fill(0); // the layout image is rewritten whole below
-        dirty = await this.#read(arena, previous, next, first);
+        placements = this.#place(maps, arena.length);
+        if (whole) arena.fill(0); // the layout image is rewritten whole below
+        dirty = await this.#read(arena, this.#placements, placements, whole);
         // Killed while stopped, every read fails: that is an exit, not zeros.
         await this.process.state();
-        this.#placements = next;
-        if (dirty) {
-          // Soft-dirty: start the next epoch's log now, while still stopped.
-          const f = await Deno.open(`/proc/${this.process.pid}/clear_refs`, {
-            write: true,
-          });
-          try {
-            f.writeSync(new TextEncoder().encode("4"));
-          } finally {
-            f.close();
-          }
-        }
+        // Start the next epoch's log now, while still stopped.
+        if (this.#log) cleared = this.#clearLog(this.#log);
       } finally {
+        this.#log?.close();
         if (!wasStopped) {
           try {
             this.process.signal("SIGCONT");
@@ -284,9 +345,33 @@ export class ProcSource implements Source {
       throw new SourceError(`${this.name}: ${(e as Error).message}`);
     }
     const pauseMs = wasStopped ? 0 : performance.now() - t0;
+    this.#placements = placements;
     this.#captures++;
     this.#writeLayout(layoutImage);
+    this.#whole = !cleared;
     return { pauseMs, dirtyPages: dirty ? [dirty, null] : undefined };
+  }
+
+  /** Clears the dirty page log; false (and noted) if that failed. */
+  #clearLog(log: SoftDirtyLog): boolean {
+    try {
+      log.clear();
+      return true;
+    } catch (e) {
+      this.#noteOnce(
+        `clear:${(e as Error).message}`,
+        `${this.name}: the soft-dirty log cannot be cleared (${
+          (e as Error).message
+        }); the next capture reads every page`,
+      );
+      return false;
+    }
+  }
+
+  #noteOnce(key: string, line: string): void {
+    if (this.#reported.has(key)) return;
+    this.#reported.add(key);
+    this.#note(line);
   }
 
   /**
@@ -344,26 +429,20 @@ export class ProcSource implements Source {
 
   /**
    * Zeroes space that no mapping keeps any more, reads every mapping into
-   * its place. With soft-dirty bits, a mapping that kept its place and size
-   * has only its dirty pages read; returns the arena pages written (null:
-   * everything was read, no hints).
+   * its place. With a dirty page log and not `whole`, a mapping that kept
+   * its place and size has only its dirty pages read; returns the arena
+   * pages written (null: everything was read, no hints).
    */
   async #read(
     arena: Uint8Array,
     previous: Placement[],
     next: Placement[],
-    first: boolean,
+    whole: boolean,
   ): Promise<Uint32Array | null> {
-    const pages = arena.length / PAGE;
-    const hints = this.softDirty && !first
-      ? new Uint32Array(Math.ceil(pages / 32))
+    const log = whole ? null : this.#log;
+    const hints = log
+      ? new Uint32Array(Math.ceil(arena.length / PAGE / 32))
       : null;
-    const mark = (at: number, len: number) => {
-      if (!hints) return;
-      for (let p = at / PAGE; p < (at + len) / PAGE; p++) {
-        hints[p >>> 5] |= 1 << (p & 31);
-      }
-    };
     // Freed space: zero what a previous mapping held and no new one covers.
     const kept = new Map(next.map((p) => [p.at, p]));
     for (const p of previous) {
@@ -371,11 +450,10 @@ export class ProcSource implements Source {
       if (n && n.start === p.start && n.room >= p.room) continue;
       const from = n && n.start === p.start ? p.at + n.room : p.at;
       arena.fill(0, from, p.at + p.room);
-      mark(from, p.at + p.room - from);
+      if (hints) markPages(hints, from, p.at + p.room);
     }
     const same = new Map(previous.map((p) => [p.start, p]));
     using mem = await this.process.openProc("mem");
-    using pagemap = hints ? await this.process.openProc("pagemap") : null;
     for (const p of next) {
       const len = p.end - p.start;
       const dst = arena.subarray(p.at, p.at + len);
@@ -385,37 +463,80 @@ export class ProcSource implements Source {
         !before.unreadable;
       delete p.unreadable;
       try {
-        if (hints && stayed && pagemap) {
-          readDirty(
-            mem,
-            this.process.pid,
-            pagemap,
-            p.start,
-            dst,
-            (off, n) => mark(p.at + off, n),
-          );
-        } else {
+        if (!(log && stayed && this.#readDirty(mem, log, p, dst, hints!))) {
           readMemory(mem, this.process.pid, p.start, dst);
-          mark(p.at, p.room);
+          if (hints) markPages(hints, p.at, p.at + p.room);
         }
         // The page tail past the mapping's end stays zero.
         if (p.room > len) arena.fill(0, p.at + len, p.at + p.room);
       } catch (e) {
         dst.fill(0);
-        mark(p.at, p.room);
+        if (hints) markPages(hints, p.at, p.at + p.room);
         p.unreadable = (e as Error).message;
-        const key = `${p.start}:${p.unreadable}`;
-        if (!this.#reported.has(key)) {
-          this.#reported.add(key);
-          this.#note(
-            `${this.name}: mapping ${hex(p.start)}-${
-              hex(p.end)
-            } ${p.perms} ${p.path} cannot be read (${p.unreadable}); replicated as zeros and marked unreadable in the layout`,
-          );
-        }
+        this.#noteOnce(
+          `${p.start}:${p.unreadable}`,
+          `${this.name}: mapping ${hex(p.start)}-${
+            hex(p.end)
+          } ${p.perms} ${p.path} cannot be read (${p.unreadable}); replicated as zeros and marked unreadable in the layout`,
+        );
       }
     }
     return hints;
+  }
+
+  /**
+   * Reads into `dst` the pages of mapping `p` that `log` reports written,
+   * marking them in `hints`. Returns false, having read nothing, if the log
+   * cannot say which pages were written (noted once).
+   */
+  #readDirty(
+    mem: Deno.FsFile,
+    log: SoftDirtyLog,
+    p: Placement,
+    dst: Uint8Array,
+    hints: Uint32Array,
+  ): boolean {
+    const pages = dst.length / PAGE; // mappings are whole pages
+    if (this.#entries.length < pages) {
+      this.#entries = new BigUint64Array(pages);
+      this.#entryWords = new Uint32Array(this.#entries.buffer);
+    }
+    let why = "", kind = "";
+    try {
+      const n = log.read(p.start, this.#entries.subarray(0, pages));
+      if (n < pages) {
+        why = `short read: ${n} of ${pages} pages' entries`;
+        kind = "short read";
+      }
+    } catch (e) {
+      why = kind = (e as Error).message || String(e);
+    }
+    if (why) {
+      this.#noteOnce(
+        `log:${kind}`,
+        `${this.name}: the soft-dirty log of mapping ${hex(p.start)}-${
+          hex(p.end)
+        } ${p.perms} ${p.path} cannot be read (${why}); the mapping is read whole`,
+      );
+      return false;
+    }
+    // Bit 55 of entry i, tested in its high word: no BigInt per page.
+    const words = this.#entryWords;
+    const dirty = (page: number) =>
+      (words[2 * page + HIGH_WORD] & SOFT_DIRTY_HIGH_BIT) !== 0;
+    for (let page = 0; page < pages;) {
+      if (!dirty(page)) {
+        page++;
+        continue;
+      }
+      let end = page + 1;
+      while (end < pages && dirty(end)) end++;
+      const from = page * PAGE, to = end * PAGE;
+      readMemory(mem, this.process.pid, p.start + from, dst.subarray(from, to));
+      markPages(hints, p.at + from, p.at + to);
+      page = end;
+    }
+    return true;
   }
 
   #writeLayout(image: Uint8Array): void {
@@ -449,36 +570,69 @@ export class ProcSource implements Source {
   }
 }
 
-/** Reads only the soft-dirty pages of the mapping at `addr`; `wrote(offset, length)` for each run. */
-function readDirty(
-  mem: Deno.FsFile,
-  pid: number,
-  pagemap: Deno.FsFile,
-  addr: number,
-  dst: Uint8Array,
-  wrote: (offset: number, length: number) => void,
-): void {
-  const pages = Math.ceil(dst.length / PAGE);
-  const entries = new BigUint64Array(pages);
-  const raw = new Uint8Array(entries.buffer);
-  pagemap.seekSync((addr / PAGE) * 8, Deno.SeekMode.Start);
-  for (let got = 0; got < raw.length;) {
-    const n = pagemap.readSync(raw.subarray(got));
-    if (n === null || n === 0) throw new Error("short pagemap read");
-    got += n;
+/** Sets the bits of pages `[from, to)` (byte offsets, page-aligned) in `hints`. */
+function markPages(hints: Uint32Array, from: number, to: number): void {
+  for (let p = from / PAGE; p < to / PAGE; p++) hints[p >>> 5] |= 1 << (p & 31);
+}
+
+/**
+ * The kernel's soft-dirty log of process `pid`: reads `/proc/PID/pagemap`,
+ * clears by writing `4` to `/proc/PID/clear_refs` (the default of
+ * {@linkcode ProcSource.open} where {@linkcode softDirtyWorks}). Needs `-A`.
+ */
+export class KernelSoftDirtyLog implements SoftDirtyLog {
+  #pagemap: Deno.FsFile | null = null;
+  #process: ProcessHandle;
+
+  constructor(pid: number) {
+    this.#process = new ProcessHandle(pid);
   }
-  let p = 0;
-  while (p < pages) {
-    if ((entries[p] & SOFT_DIRTY_BIT) === 0n) {
-      p++;
-      continue;
+
+  read(addr: number, entries: BigUint64Array): number {
+    const raw = new Uint8Array(
+      entries.buffer,
+      entries.byteOffset,
+      entries.byteLength,
+    );
+    let got = 0;
+    try {
+      this.#pagemap ??= Deno.openSync(`/proc/${this.#process.pid}/pagemap`, {
+        read: true,
+      });
+      this.#pagemap.seekSync((addr / PAGE) * 8, Deno.SeekMode.Start);
+      while (got < raw.length) {
+        const n = this.#pagemap.readSync(raw.subarray(got));
+        if (n === null || n === 0) break;
+        got += n;
+      }
+    } catch (e) {
+      throw this.#process.procError(e, "pagemap");
     }
-    let e = p + 1;
-    while (e < pages && (entries[e] & SOFT_DIRTY_BIT) !== 0n) e++;
-    const off = p * PAGE, end = Math.min(e * PAGE, dst.length);
-    readMemory(mem, pid, addr + off, dst.subarray(off, end));
-    wrote(off, end - off);
-    p = e;
+    return Math.floor(got / 8);
+  }
+
+  clear(): void {
+    try {
+      const f = Deno.openSync(`/proc/${this.#process.pid}/clear_refs`, {
+        write: true,
+      });
+      try {
+        if (f.writeSync(CLEAR_SOFT_DIRTY) !== CLEAR_SOFT_DIRTY.length) {
+          throw new Error(
+            `short write to /proc/${this.#process.pid}/clear_refs`,
+          );
+        }
+      } finally {
+        f.close();
+      }
+    } catch (e) {
+      throw this.#process.procError(e, "clear_refs");
+    }
+  }
+
+  close(): void {
+    this.#pagemap?.close();
+    this.#pagemap = null;
   }
 }
 
