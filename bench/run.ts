@@ -3,11 +3,16 @@
  *
  * 1. Series comparison: for each recorded series, patchwire fast and max
  *    against xdelta3, zstd --patch-from and same-address XOR + zstd -1
- *    (bench/compare.ts), as Markdown tables with ratios and the targets.
+ *    (bench/compare.ts), as Markdown tables with ratios and the targets;
+ *    patchwire both in process and as a whole `replay` process over the same
+ *    two files as the tools, each row saying what its time includes.
  * 2. Throughput on the same real series: encode (without the scan) and
  *    decode + apply, in GB/s of dirty data.
  * 3. The dirty-detection scan of a 1 GiB image beside a memcpy of it.
- * 4. Resident memory of the encoder per byte of image (bench/memory.ts).
+ * 4. Resident memory of the primary as it runs, per byte of image: a fresh
+ *    process per case running a real Primary with full and with dirty-hinted
+ *    capture (bench/memory.ts), over each series, or over a synthetic one when
+ *    there is none.
  *
  * The stage micro-benchmarks are `Deno.bench` files run before this script
  * by the same task (bench/*_bench.ts).
@@ -19,16 +24,19 @@ import { createBlockHasher } from "../src/hash/block_hash.ts";
 import { isSeriesDir } from "../src/series.ts";
 import {
   compareSeries,
+  COMPARISON_LEGEND,
   comparisonTable,
   type SeriesComparison,
 } from "./compare.ts";
+import { measureMemory, type MemoryResult, memoryTable } from "./memory.ts";
 
 const USAGE = `usage: deno task bench [--series DIR]... [--limit N] [--no-scan]
 
 Runs the series comparison over every series directory given with --series
 (default: every series under /work/data/series, see bench/README.md for how
 they were recorded), at most N epochs each (default 12; 0 = all), then the
-throughput, scan and memory measurements. Prints Markdown.`;
+throughput, scan and memory measurements (the memory one over a synthetic
+image when there is no series). Prints Markdown.`;
 
 const DEFAULT_ROOT = "/work/data/series";
 
@@ -99,28 +107,6 @@ function scanBench(): string {
   ].join("\n");
 }
 
-async function memoryBench(
-  dir: string,
-  level: string,
-): Promise<Record<string, number | string>> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-ffi",
-      "--allow-env",
-      new URL("./memory.ts", import.meta.url).pathname,
-      dir,
-      level,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error(`bench/memory.ts failed for ${dir}`);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
-  return JSON.parse(lines.at(-1)!);
-}
-
 await runMain(USAGE, async () => {
   const args = parseArgs(Deno.args, ["series", "limit"], ["no-scan", "help"]);
   if (args.options.has("help")) {
@@ -152,6 +138,7 @@ await runMain(USAGE, async () => {
       `No series found under ${DEFAULT_ROOT}: record some (bench/README.md) or pass --series DIR.\n`,
     );
   }
+  if (dirs.length > 0) console.log(COMPARISON_LEGEND + "\n");
   for (const dir of dirs) {
     const c = await compareSeries(dir, limit, (line) => console.error(line));
     comparisons.push(c);
@@ -174,26 +161,15 @@ await runMain(USAGE, async () => {
         );
       }
     }
-    console.log("\n## Encoder resident memory\n");
-    console.log(
-      "| series | level | image MiB | encoder RSS MiB | RSS ÷ image | model bytes ÷ image |",
-    );
-    console.log("| --- | --- | ---: | ---: | ---: | ---: |");
-    for (const c of comparisons) {
-      for (const level of ["fast", "max"]) {
-        const m = await memoryBench(c.dir, level);
-        const image = m.imageBytes as number;
-        console.log(
-          `| ${c.series} | ${level} | ${(image / 2 ** 20).toFixed(1)} | ${
-            ((m.encoderRssBytes as number) / 2 ** 20).toFixed(1)
-          } | ${(m.rssPerImageByte as number).toFixed(3)} | ${
-            ((m.modelBytes as number) / image).toFixed(3)
-          } |`,
-        );
-      }
-    }
     console.log();
   }
+  console.log("## Resident memory of the primary as it runs\n");
+  const memory: MemoryResult[] = [];
+  if (comparisons.length === 0) memory.push(...await measureMemory());
+  for (const c of comparisons) {
+    memory.push(...await measureMemory({ series: c.dir }));
+  }
+  console.log(memoryTable(memory) + "\n");
   if (!args.options.has("no-scan")) {
     console.log("## Dirty-detection scan\n");
     console.log(scanBench() + "\n");
