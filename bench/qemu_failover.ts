@@ -104,6 +104,7 @@ await runMain(HELP, async () => {
       (held as OutputHold).latencies.clear();
       p.pauses.clear();
       p.commitLatencies.clear();
+      p.captureWaits.clear();
       stateLength.clear();
       await new Promise((r) => setTimeout(r, seconds * 1000));
       const elapsed = (performance.now() - t0) / 1000;

@@ -10,7 +10,10 @@
  * Per transport and profile, over a window of `--seconds` after the initial
  * sync and a warm-up (loss is switched on after the initial sync, which
  * would otherwise take minutes at 5%): committed checkpoints per second,
- * commit latency p50/p99 (capture to commit, from the primary's log), and
+ * commit latency p50/p99 (from the moment each checkpoint was due, its
+ * interval tick, to its commit, from the primary's log), capture wait
+ * p50/p99 (due to capture start: the wait for the previous checkpoint and
+ * for room in the primary's in-flight window, from its /status), and
  * bytes per second on the wire (both directions of the primary's link
  * device: headers, acks, retransmissions and TLS/QUIC overhead included)
  * beside the payload the primary sent. Prints a Markdown table and writes
@@ -45,9 +48,10 @@ const USAGE =
          [--seconds N] [--interval MS] [--source SPEC] [--svg FILE] [--json]
 
 Compares the transports over emulated WAN links (network namespaces; needs
-root, nftables and ethtool): checkpoint rate, commit latency p50/p99 and bytes
-per second on the wire, per transport and profile. Prints a Markdown table
-and writes an SVG chart.
+root, nftables and ethtool): checkpoint rate, commit latency p50/p99 (from
+when each checkpoint was due), capture wait p50/p99 (due to capture start)
+and bytes per second on the wire, per transport and profile. Prints a
+Markdown table and writes an SVG chart.
 
   --transports LIST  default tcp,tls,quic,ws
   --profiles LIST    names, comma-separated (lan, 50ms, 100ms-1%, 200ms-5%:
@@ -72,8 +76,14 @@ export interface WanRow {
   transport: Scheme;
   /** Committed checkpoints per second. */
   rate: number;
+  /** Commit latency, due → commit, ms. */
   p50: number;
   p99: number;
+  /** Capture wait, due → capture start, ms (NaN: the primary did not report it). */
+  waitP50: number;
+  waitP99: number;
+  /** Committed epochs in the window whose capture wait was not seen in /status. */
+  waitsMissed: number;
   /** Bytes per second on the primary's link, both directions. */
   wire: number;
   /** Bytes per second of frames the primary sent. */
@@ -81,7 +91,7 @@ export interface WanRow {
   /** Datagrams the emulator's forwarder dropped in the window (a full queue). */
   queueDrops: number;
   /** Captures that waited for commits (the primary's 16 epochs in flight) in the window. */
-  captureWaits: number;
+  windowWaits: number;
 }
 
 function quantile(sorted: number[], q: number): number {
@@ -132,12 +142,26 @@ async function run(
     }
     const commitLine = /^epoch (\d+) committed: .* commit ([\d.]+) ms/;
     const from = primary.lines.length;
+    // Capture waits per epoch, from the primary's /status (`recent`: its last
+    // 64 committed epochs), polled often enough that none is missed.
+    const waits = new Map<number, number>();
+    const seen = (
+      s: { recent?: { epoch: number; captureWaitMs: number }[] },
+    ) => {
+      for (const r of s.recent ?? []) waits.set(r.epoch, r.captureWaitMs);
+    };
+    const pollMs = Math.min(1000, 24 * options.interval);
     const a = await c.status("primary");
     const wire0 = await linkBytes(wan);
     const drops0 = await wan.queueDrops("primary", "backup");
     const t0 = performance.now();
-    await new Promise((r) => setTimeout(r, options.seconds * 1000));
+    const end = t0 + options.seconds * 1000;
+    for (let now = t0; now < end; now = performance.now()) {
+      await new Promise((r) => setTimeout(r, Math.min(pollMs, end - now)));
+      seen(await c.status("primary"));
+    }
     const b = await c.status("primary");
+    seen(b);
     const wire1 = await linkBytes(wan);
     const drops1 = await wan.queueDrops("primary", "backup");
     const secs = (performance.now() - t0) / 1000;
@@ -148,16 +172,27 @@ async function run(
         ? [Number(m[2])]
         : [];
     }).sort((x, y) => x - y);
+    const captureWaits: number[] = [];
+    let waitsMissed = 0;
+    for (let e = a.committedEpoch + 1; e <= b.committedEpoch; e++) {
+      const w = waits.get(e);
+      if (w === undefined) waitsMissed++;
+      else captureWaits.push(w);
+    }
+    captureWaits.sort((x, y) => x - y);
     return {
       profile: name,
       transport,
       rate: (b.committedEpoch - a.committedEpoch) / secs,
       p50: quantile(latencies, 0.5),
       p99: quantile(latencies, 0.99),
+      waitP50: quantile(captureWaits, 0.5),
+      waitP99: quantile(captureWaits, 0.99),
+      waitsMissed,
       wire: (wire1 - wire0) / secs,
       payload: (b.peers[0].bytesSent - a.peers[0].bytesSent) / secs,
       queueDrops: drops1 - drops0,
-      captureWaits: primary.lines.slice(from).filter((l) =>
+      windowWaits: primary.lines.slice(from).filter((l) =>
         /waits: \d+ epochs not committed/.test(l)
       ).length,
     };
@@ -180,14 +215,16 @@ const fmt = (n: number, digits = 1) =>
 /** The rows as a Markdown table. */
 export function markdownTable(rows: WanRow[]): string {
   const out = [
-    "| profile (RTT / loss) | transport | checkpoints/s | commit p50 ms | commit p99 ms | wire KiB/s | payload KiB/s |",
-    "|---|---|---|---|---|---|---|",
+    "| profile (RTT / loss) | transport | checkpoints/s | commit p50 ms (from due) | commit p99 ms (from due) | capture wait p50 ms | capture wait p99 ms | wire KiB/s | payload KiB/s |",
+    "|---|---|---|---|---|---|---|---|---|",
   ];
   for (const r of rows) {
     out.push(
       `| ${r.profile} | ${r.transport} | ${fmt(r.rate)} | ${fmt(r.p50)} | ${
         fmt(r.p99)
-      } | ${fmt(r.wire / 1024)} | ${fmt(r.payload / 1024)} |`,
+      } | ${fmt(r.waitP50)} | ${fmt(r.waitP99)} | ${fmt(r.wire / 1024)} | ${
+        fmt(r.payload / 1024)
+      } |`,
     );
   }
   return out.join("\n");
@@ -249,7 +286,7 @@ export function svgChart(rows: WanRow[], subtitle: string): string {
       value: (r) => r.rate,
     },
     {
-      title: "Commit latency (bar p50, whisker p99)",
+      title: "Commit latency from due (bar p50, whisker p99)",
       axis: "ms, log scale",
       log: true,
       value: (r) => r.p50,
@@ -465,11 +502,19 @@ if (import.meta.main) {
             console.error(
               `${row.profile} ${transport}: ${fmt(row.rate)}/s, p50 ${
                 fmt(row.p50)
-              } ms, p99 ${fmt(row.p99)} ms, wire ${fmt(row.wire / 1024)} KiB/s${
+              } ms, p99 ${fmt(row.p99)} ms (from due), capture wait p50 ${
+                fmt(row.waitP50)
+              } ms, p99 ${fmt(row.waitP99)} ms, wire ${
+                fmt(row.wire / 1024)
+              } KiB/s${
                 row.queueDrops ? `, ${row.queueDrops} emulator queue drops` : ""
               }${
-                row.captureWaits
-                  ? `, ${row.captureWaits} captures waited for commits`
+                row.windowWaits
+                  ? `, ${row.windowWaits} captures waited for commits`
+                  : ""
+              }${
+                row.waitsMissed
+                  ? `, ${row.waitsMissed} epochs' capture waits not seen in /status`
                   : ""
               }`,
             );

@@ -155,10 +155,15 @@ export function prometheus(status: Record<string, unknown>): string {
   put("committed_epoch", status.committedEpoch);
   put("bytes_before_encoding_total", status.bytesBeforeEncoding);
   put("bytes_after_encoding_total", status.bytesAfterEncoding);
-  for (const key of ["pauseMs", "commitMs"] as const) {
+  // Commit latency and capture wait run from when a checkpoint was due.
+  const quantiles = {
+    pauseMs: "pause_ms",
+    commitMs: "commit_ms",
+    captureWaitMs: "capture_wait_ms",
+  } as const;
+  for (const [key, name] of Object.entries(quantiles)) {
     const q = status[key] as Record<string, number> | undefined;
     if (!q) continue;
-    const name = key === "pauseMs" ? "pause_ms" : "commit_ms";
     put(name, q.p50, ['quantile="0.5"']);
     put(name, q.p99, ['quantile="0.99"']);
   }

@@ -48,6 +48,9 @@ export interface PrimaryOptions {
   note?: (line: string) => void;
 }
 
+/** Committed checkpoints listed per epoch in /status (`recent`). */
+const RECENT = 64;
+
 /** Figures of one committed checkpoint. */
 export interface CheckpointResult {
   epoch: number;
@@ -58,13 +61,28 @@ export interface CheckpointResult {
   /** Source pause (capture) time, ms. */
   pauseMs: number;
   encodeMs: number;
-  /** Capture start to commit, ms. */
+  /**
+   * Due to capture start, ms: how long the checkpoint waited for the previous
+   * one's capture and encode and for room in the in-flight window
+   * (`maxInFlight`). Due is the interval tick that asked for it (a tick missed
+   * while the previous checkpoint ran: the first one missed), or the moment
+   * {@linkcode Primary.checkpoint} was called.
+   */
+  captureWaitMs: number;
+  /**
+   * Due to commit, ms: `captureWaitMs` plus capture, encode, sending and the
+   * acks. The clock starts when the checkpoint was due, not when its capture
+   * began, so that time spent queued behind a slow checkpoint or a full
+   * in-flight window counts: that is how long the user's state went
+   * unprotected past the moment it should have been.
+   */
   commitMs: number;
 }
 
 interface InFlight {
   epoch: number;
-  t0: number;
+  /** When the checkpoint was due (performance.now()). */
+  due: number;
   result: CheckpointResult;
   resolve: (r: CheckpointResult) => void;
   reject: (e: Error) => void;
@@ -92,7 +110,10 @@ export class Primary implements LinkOwner {
   readonly policy: AckPolicy;
   readonly links: PeerLink[];
   readonly pauses = new SampleWindow();
+  /** Due → commit, ms (see {@linkcode CheckpointResult.commitMs}). */
   readonly commitLatencies = new SampleWindow();
+  /** Due → capture start, ms (see {@linkcode CheckpointResult.captureWaitMs}). */
+  readonly captureWaits = new SampleWindow();
   committed = 0;
   bytesBefore = 0;
   bytesAfter = 0;
@@ -103,6 +124,8 @@ export class Primary implements LinkOwner {
   #timer: Promise<void> | null = null;
   #stopped = false;
   #commitWaiters: (() => void)[] = [];
+  /** The last RECENT committed checkpoints' figures, oldest first, for /status. */
+  #recent: { epoch: number; captureWaitMs: number; commitMs: number }[] = [];
   #note: (line: string) => void;
 
   constructor(readonly source: Source, readonly options: PrimaryOptions) {
@@ -164,19 +187,20 @@ export class Primary implements LinkOwner {
 
   /**
    * Takes one checkpoint now; resolves with its figures once it is committed.
-   * Checkpoints never overlap: a call while one is being taken waits for it.
+   * Checkpoints never overlap: a call while one is being taken waits for it
+   * (and that wait counts in its commit latency: it is due at the call).
    */
   checkpoint(): Promise<CheckpointResult> {
-    return this.#takeNext().then((f) => f.promise);
+    return this.#takeNext(performance.now()).then((f) => f.promise);
   }
 
-  #takeNext(): Promise<InFlight> {
-    const taken = this.#busy.then(() => this.#take());
+  #takeNext(due: number): Promise<InFlight> {
+    const taken = this.#busy.then(() => this.#take(due));
     this.#busy = taken.catch(() => {});
     return taken;
   }
 
-  async #take(): Promise<InFlight> {
+  async #take(due: number): Promise<InFlight> {
     if (this.#stopped) throw new Error("the primary is stopped");
     const maxInFlight = this.options.maxInFlight ?? 16;
     let warned = false;
@@ -193,6 +217,8 @@ export class Primary implements LinkOwner {
       if (this.#stopped) throw new Error("the primary is stopped");
     }
     const t0 = performance.now();
+    const captureWaitMs = t0 - due;
+    this.captureWaits.add(captureWaitMs);
     const { pauseMs, dirtyPages, lengths } = await this.source.capture(
       this.encoder.captureBuffers,
       this.encoder.epoch + 1,
@@ -216,7 +242,7 @@ export class Primary implements LinkOwner {
     });
     const entry: InFlight = {
       epoch,
-      t0,
+      due,
       resolve,
       reject,
       promise,
@@ -227,6 +253,7 @@ export class Primary implements LinkOwner {
         wireBytes: bytes,
         pauseMs,
         encodeMs: stats.totalMs,
+        captureWaitMs,
         commitMs: 0,
       },
     };
@@ -237,16 +264,21 @@ export class Primary implements LinkOwner {
 
   async #loop(interval: number): Promise<void> {
     let next = performance.now();
+    let due = next;
     while (!this.#stopped) {
       try {
         // Wait for the capture and encode, not the commit: the next capture starts on time.
-        const f = await this.#takeNext();
+        const f = await this.#takeNext(due);
         f.promise.catch(() => {});
       } catch (e) {
         if (this.#stopped) break;
         this.#note(`checkpoint failed: ${(e as Error).message}`);
       }
       next += interval;
+      // Due at its tick, however late it is taken: a late checkpoint is taken
+      // at once (standing for every tick missed meanwhile, due at the first)
+      // and the ticks after it count from then.
+      due = next;
       const wait = next - performance.now();
       if (wait < 0) next = performance.now();
       await new Promise((r) => setTimeout(r, Math.max(0, wait)));
@@ -282,8 +314,14 @@ export class Primary implements LinkOwner {
     const now = performance.now();
     while (this.#inFlight.length && this.#inFlight[0].epoch <= c) {
       const f = this.#inFlight.shift()!;
-      f.result.commitMs = now - f.t0;
+      f.result.commitMs = now - f.due;
       this.commitLatencies.add(f.result.commitMs);
+      this.#recent.push({
+        epoch: f.epoch,
+        captureWaitMs: f.result.captureWaitMs,
+        commitMs: f.result.commitMs,
+      });
+      if (this.#recent.length > RECENT) this.#recent.shift();
       for (const l of this.#listeners) l(f.result);
       f.resolve(f.result);
     }
@@ -328,10 +366,24 @@ export class Primary implements LinkOwner {
         p50: this.pauses.quantile(0.5),
         p99: this.pauses.quantile(0.99),
       },
+      // Both from the moment each checkpoint was due (its interval tick),
+      // so queueing behind a slow capture or a full in-flight window shows
+      // here instead of being hidden before the clock starts.
       commitMs: {
         p50: this.commitLatencies.quantile(0.5),
         p99: this.commitLatencies.quantile(0.99),
       },
+      captureWaitMs: {
+        p50: this.captureWaits.quantile(0.5),
+        p99: this.captureWaits.quantile(0.99),
+      },
+      // Per epoch, for a window of one's own (the quantiles above are over
+      // the last 1024 epochs): a benchmark polls these.
+      recent: this.#recent.map((r) => ({
+        epoch: r.epoch,
+        captureWaitMs: Math.round(r.captureWaitMs * 100) / 100,
+        commitMs: Math.round(r.commitMs * 100) / 100,
+      })),
       log: {
         first: this.retained.first,
         last: this.retained.last,

@@ -14,6 +14,7 @@ import { bytesEqual } from "../src/replay.ts";
 import type { TlsOptions } from "../src/transport.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
 import { Stallable } from "./_gate.ts";
+import { prometheus } from "../src/control_plane.ts";
 import {
   type CommitBody,
   decodeFrame,
@@ -700,6 +701,56 @@ Deno.test("a peer cut off without a word is noticed within the peer timeout, and
   } finally {
     await p.stop();
     gate.close();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("commit latency runs from when a checkpoint was due: time queued behind the previous capture counts, as capture wait and in the commit", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-due-" });
+  const b = await backup("tcp://127.0.0.1:0", `${dir}/b`);
+  const inner = await openSource(SPEC);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let gated = true;
+  // The first capture holds until released; the ones after it do not.
+  const source = {
+    name: inner.name,
+    images: inner.images,
+    capture: async (into: Uint8Array[], epoch?: number) => {
+      if (gated) {
+        gated = false;
+        await gate;
+      }
+      return await inner.capture(into, epoch);
+    },
+    close: () => inner.close(),
+  };
+  const p = new Primary(source, {
+    to: [b.url],
+    intervalMs: null,
+    note: quiet,
+  });
+  p.start();
+  try {
+    const first = p.checkpoint();
+    const second = p.checkpoint(); // due now, queued behind the first
+    const held = 30;
+    await new Promise((r) => setTimeout(r, held));
+    release();
+    const [a, c] = await Promise.all([first, second]);
+    assert(a.commitMs >= held - 1, `first: ${a.commitMs} ms`);
+    assert(c.captureWaitMs >= held - 1, `second waited ${c.captureWaitMs} ms`);
+    assert(c.commitMs >= c.captureWaitMs, "the wait is in the commit latency");
+    const status = p.status() as Record<string, Record<string, number>>;
+    assert(status.captureWaitMs.p99 >= held - 1, JSON.stringify(status));
+    assert(
+      /patchwire_capture_wait_ms\{role="primary",quantile="0.99"\} \d/.test(
+        prometheus(p.status()),
+      ),
+    );
+  } finally {
+    await p.stop();
     await b.close();
     await Deno.remove(dir, { recursive: true });
   }
