@@ -105,6 +105,52 @@ export function imageLimits(args: ParsedArgs): ImageLimits {
   return limits;
 }
 
+/** Options of a role in a cluster (`cluster.ts`). */
+export const CLUSTER_VALUED = ["etcd", "cluster", "name", "lease-ms"];
+
+/** Help text for {@linkcode CLUSTER_VALUED}. */
+export const CLUSTER_HELP =
+  `  --etcd URL[,URL...]  etcd endpoints (its v3 JSON gateway, http://HOST:2379):
+                    who is primary is decided there; with --cluster and --name
+  --cluster NAME    the cluster's name: its keys are /patchwire/NAME/ in etcd
+  --name NODE       this node's name in the cluster
+  --lease-ms MS     the primary's leader lease (default 3000): a primary that
+                    cannot renew it stops committing before it can expire`;
+
+/** `--etcd`, `--cluster`, `--name`, `--lease-ms`, or null without `--etcd`. */
+export function clusterOptions(
+  args: ParsedArgs,
+): { etcd: string[]; cluster: string; name: string; leaseMs: number } | null {
+  const etcd = list(args, "etcd");
+  const cluster = last(args, "cluster");
+  const name = last(args, "name");
+  if (etcd.length === 0) {
+    if (cluster !== undefined || name !== undefined) {
+      throw new UsageError("--cluster and --name need --etcd URL[,URL...]");
+    }
+    return null;
+  }
+  if (cluster === undefined) {
+    throw new UsageError("--etcd needs --cluster NAME");
+  }
+  if (name === undefined) throw new UsageError("--etcd needs --name NODE");
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
+    throw new UsageError(
+      `--cluster "${cluster}": expected 1-64 characters of A-Z a-z 0-9 . _ -`,
+    );
+  }
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
+    throw new UsageError(
+      `--name "${name}": expected 1-64 characters of A-Z a-z 0-9 . _ -`,
+    );
+  }
+  const leaseText = last(args, "lease-ms");
+  const leaseMs = leaseText === undefined
+    ? 3000
+    : intOption(leaseText, "lease-ms", 1000);
+  return { etcd, cluster, name, leaseMs };
+}
+
 /** The last value of an option, or undefined. */
 export function last(args: ParsedArgs, name: string): string | undefined {
   return args.options.get(name)?.at(-1);

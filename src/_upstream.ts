@@ -106,6 +106,11 @@ export interface ReplicaHooks {
    * acks per its policy).
    */
   readonly receivedAck?: boolean;
+  /**
+   * Optional: the highest term seen rose to `term` (the role may keep it, so
+   * that it still refuses older terms after a restart).
+   */
+  termRaised?(term: number): void;
   /** Optional: an epoch was rejected; the replica stays at `epoch`. */
   rejected?(epoch: number): void;
   /**
@@ -161,7 +166,16 @@ export class UpstreamServer {
     token: 0,
     certificate: 0,
     protocol: 0,
+    term: 0,
   };
+  /**
+   * The highest cluster term seen (from an admitted HELLO or
+   * {@linkcode UpstreamServer.adoptTerm}): an upstream of a lower term is
+   * refused, since a newer primary exists (fencing).
+   */
+  term = 0;
+  /** The term of the current session's HELLO. */
+  #sessionTerm = 0;
   /** Who the current upstream proved to be ("token" without certificates). */
   peer: string | null = null;
   /** Whether the current upstream asked for durable acks. */
@@ -187,6 +201,28 @@ export class UpstreamServer {
     this.#run ??= this.#accept();
   }
 
+  #raiseTerm(term: number): void {
+    if (term <= this.term) return;
+    this.term = term;
+    this.hooks.termRaised?.(term);
+  }
+
+  /**
+   * Follows `term` from now on (learned from the cluster, see
+   * `cluster.ts`): the current upstream, if of a lower term, is dropped, and
+   * every upstream of a lower term is refused from now on.
+   */
+  async adoptTerm(term: number): Promise<void> {
+    this.#raiseTerm(term);
+    if (this.#conn && this.#sessionTerm < this.term) {
+      this.refused.term++;
+      await this.#abort(
+        this.#conn,
+        `term ${this.term} began: the upstream of term ${this.#sessionTerm} was replaced (fenced)`,
+      );
+    }
+  }
+
   /** The upstream link's figures for /status. */
   status(): Record<string, unknown> {
     return {
@@ -195,6 +231,7 @@ export class UpstreamServer {
       connects: this.connects,
       clientCertificates: this.requireCertificate,
       peer: this.peer,
+      term: this.term,
       refused: this.refused,
       bytesReceived: this.bytesReceived,
       durable: this.durable,
@@ -299,7 +336,18 @@ export class UpstreamServer {
         await this.#conn.close();
         await this.#session;
       }
+      if (admitted.hello.term < this.term) {
+        // A newer term was adopted while this one waited its turn.
+        this.refused.term++;
+        await this.#abort(
+          conn,
+          `its term ${admitted.hello.term} is older than term ${this.term}, which this replica follows`,
+        );
+        return;
+      }
+      this.#raiseTerm(admitted.hello.term);
       this.#conn = conn;
+      this.#sessionTerm = admitted.hello.term;
       this.remote = conn.remote;
       this.peer = admitted.peer;
       this.#session = this.#serve(conn, admitted.hello).finally(() => {
@@ -362,6 +410,14 @@ export class UpstreamServer {
     if (verdict.ok && this.requireCertificate) {
       verdict = await this.#challenge(conn);
     }
+    if (verdict.ok && hello.term < this.term) {
+      verdict = {
+        ok: false,
+        reason: "term",
+        message:
+          `its term ${hello.term} is older than term ${this.term}, which this replica follows: a newer primary exists (the sender was replaced, and is fenced)`,
+      };
+    }
     if (verdict.ok) {
       const exceeds = helloExceeds(
         hello.images,
@@ -374,7 +430,8 @@ export class UpstreamServer {
     }
     if (!verdict.ok) {
       this.refused[verdict.reason]++;
-      const refusal = verdict.reason === "protocol"
+      const refusal = verdict.reason === "protocol" ||
+          verdict.reason === "term"
         ? verdict.message
         : `authentication failed: ${verdict.message}`;
       this.lastError = `refused: ${verdict.message}`;

@@ -27,6 +27,7 @@ import { type ResumedGuest, resumeGuest } from "./resume.ts";
 import type { Source } from "./source.ts";
 import { formatDigest } from "./digest.ts";
 import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
+import type { ClusterView } from "./cluster.ts";
 
 /** Options of {@linkcode Backup.open}. */
 export interface BackupOptions {
@@ -104,6 +105,8 @@ export class Backup implements ReplicaHooks {
   readonly receivedAck = true;
   readonly auth: PeerAuth;
   readonly imageLimits: ImageLimits;
+  /** The cluster it follows, for /status (see `cluster.ts` followCluster). */
+  cluster: ClusterView | null = null;
   decoder: EpochDecoder | null = null;
   upstream: UpstreamServer;
   appliedEpochs = 0;
@@ -146,6 +149,7 @@ export class Backup implements ReplicaHooks {
       this.decoder = this.#load(state);
     }
     this.upstream = upstream(this);
+    this.upstream.term = readTerm(store.dir);
   }
 
   /** Opens the store (recovering it after a crash) and starts listening. */
@@ -511,6 +515,19 @@ export class Backup implements ReplicaHooks {
     return fresh;
   }
 
+  /** Keeps the highest term seen in the store (`DIR/term`), so a restart still refuses older primaries. */
+  termRaised(term: number): void {
+    try {
+      writeTerm(this.store.dir, term);
+    } catch (e) {
+      this.#note(
+        `cannot keep term ${term} in ${this.store.dir}/term: ${
+          (e as Error).message
+        } (after a restart this backup would accept older terms until it hears of this one again)`,
+      );
+    }
+  }
+
   connected(epoch: number): AckLevel {
     if (this.#storeFailure && !this.#retryStore()) {
       // Refused with the reason, not answered with a state this backup
@@ -571,6 +588,8 @@ export class Backup implements ReplicaHooks {
     }
     return {
       role: this.role,
+      term: this.upstream.term,
+      ...(this.cluster ? { cluster: this.cluster } : {}),
       listen: this.url,
       store: this.store.dir,
       epoch: this.epoch,
@@ -678,4 +697,37 @@ export class Backup implements ReplicaHooks {
       this.store.close();
     }
   }
+}
+
+/** The highest term a store's backup has seen (`DIR/term`; 0 without one). */
+export function readTerm(dir: string): number {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`${dir}/term`);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return 0;
+    throw e;
+  }
+  const term = Number(text.trim());
+  if (!Number.isSafeInteger(term) || term < 0) {
+    throw new Error(
+      `${dir}/term holds ${
+        JSON.stringify(text.slice(0, 40))
+      }, expected the highest cluster term seen (a whole number)`,
+    );
+  }
+  return term;
+}
+
+/** Writes `DIR/term` atomically and durably (temporary file, fsync, rename). */
+function writeTerm(dir: string, term: number): void {
+  const tmp = `${dir}/term.tmp`;
+  const f = Deno.openSync(tmp, { write: true, create: true, truncate: true });
+  try {
+    f.writeSync(new TextEncoder().encode(`${term}\n`));
+    f.syncSync();
+  } finally {
+    f.close();
+  }
+  Deno.renameSync(tmp, `${dir}/term`);
 }

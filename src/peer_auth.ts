@@ -66,7 +66,7 @@ export interface PeerAuthOptions {
 }
 
 /** Why a peer was refused, for logs and `/metrics`. */
-export type RefusalReason = "token" | "certificate" | "protocol";
+export type RefusalReason = "token" | "certificate" | "protocol" | "term";
 
 /** The outcome of {@linkcode PeerAuth.check}. */
 export type AuthVerdict =

@@ -43,6 +43,8 @@ export interface LinkOwner {
   readonly durable: boolean;
   /** The lowest ack level this role's policy needs (the peer acks nothing below it). */
   readonly ackLevel: AckLevel;
+  /** The cluster term the stream belongs to (HELLO.term); absent: 0, no cluster. */
+  readonly term?: number;
   /** The images replicated, or null while unknown (a relay before its first upstream). */
   images(): ImageInfo[] | null;
   /** The images frozen at the newest epoch, for a base sync. */
@@ -179,6 +181,15 @@ export class PeerLink {
     };
   }
 
+  /**
+   * Ends the current session and connects again at once, with a new HELLO
+   * (the owner's term rose: the peer must hear of it).
+   */
+  async reconnect(): Promise<void> {
+    this.#wakeSleep?.();
+    await this.#conn?.close();
+  }
+
   async #loop(): Promise<void> {
     let backoff = this.options.backoffMs ?? 100;
     const maxBackoff = this.options.maxBackoffMs ?? 2000;
@@ -290,6 +301,7 @@ export class PeerLink {
       blockSize: owner.blockSize,
       durable: owner.durable,
       level: owner.ackLevel,
+      term: owner.term ?? 0,
     }));
     const state = await this.#receiveState(conn);
     heard();

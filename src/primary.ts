@@ -44,6 +44,11 @@ export interface PrimaryOptions {
   link?: PeerLinkOptions;
   /** Start from this committed state instead of all-zero epoch 0 (a promoted backup). */
   seed?: { epoch: number; contents: Uint8Array[]; lengths?: number[] };
+  /**
+   * The cluster term this primary was elected in (HELLO.term; downstreams
+   * that saw a higher one refuse it). Default 0: no cluster.
+   */
+  term?: number;
   /** Log lines. Default: stderr. */
   note?: (line: string) => void;
 }
@@ -124,11 +129,16 @@ export class Primary implements LinkOwner {
   #timer: Promise<void> | null = null;
   #stopped = false;
   #commitWaiters: (() => void)[] = [];
+  #term: number;
+  #fenced: string | null = null;
+  /** The cluster it leads, for /status (set by whoever took the leader lease). */
+  cluster: { cluster: string; name: string } | null = null;
   /** The last RECENT committed checkpoints' figures, oldest first, for /status. */
   #recent: { epoch: number; captureWaitMs: number; commitMs: number }[] = [];
   #note: (line: string) => void;
 
   constructor(readonly source: Source, readonly options: PrimaryOptions) {
+    this.#term = options.term ?? 0;
     this.policy = options.ack ?? {
       who: { kind: "all" },
       level: AckLevel.applied,
@@ -289,7 +299,38 @@ export class Primary implements LinkOwner {
     this.#advance();
   }
 
+  /** The cluster term of its stream (0: no cluster). */
+  get term(): number {
+    return this.#term;
+  }
+
+  /** Why this primary is fenced (it may no longer commit), or null. */
+  get fenced(): string | null {
+    return this.#fenced;
+  }
+
+  /**
+   * Stops committing at once (its lease is gone, see `cluster.ts`): no epoch
+   * is reported committed and no held output released from now on, however
+   * many acks arrive, until {@linkcode Primary.unfence}. Capture and sending
+   * go on; the downstreams decide, by term, whether to take what it sends.
+   */
+  fence(reason: string): void {
+    if (this.#fenced) return;
+    this.#fenced = reason;
+    this.#note(`fenced: ${reason}: committing nothing from now on`);
+  }
+
+  /** Commits again (its term turned out still current). */
+  unfence(): void {
+    if (!this.#fenced) return;
+    this.#fenced = null;
+    this.#note(`term ${this.#term} still current: committing again`);
+    this.#advance();
+  }
+
   #advance(): void {
+    if (this.#fenced) return;
     const level = this.policy.level;
     const acked = this.links.map((l) => l.acks.epochs[level]);
     const c = Math.min(
@@ -354,6 +395,12 @@ export class Primary implements LinkOwner {
   status(): Record<string, unknown> {
     return {
       role: this.role,
+      term: this.#term,
+      fenced: this.#fenced !== null,
+      ...(this.cluster
+        ? { cluster: { ...this.cluster, leader: this.cluster.name } }
+        : {}),
+      ...(this.#fenced ? { fencedBecause: this.#fenced } : {}),
       source: this.source.name,
       level: this.encoder.level,
       policy: formatAckPolicy(this.policy),

@@ -12,7 +12,7 @@
  *
  * The conversation, upstream → downstream unless marked:
  *
- *     HELLO  {token, images, epoch, blockSize, durable, level}
+ *     HELLO  {token, images, epoch, blockSize, durable, level, term}
  *     then, where the downstream requires a client certificate (`peer_auth.ts`):
  *     CHALLENGE {nonce}                                downstream → upstream
  *     PROOF  {chain, serverName, signature}            (or ERROR: no certificate)
@@ -42,7 +42,7 @@ import { Unpackr } from "msgpackr/unpack";
 /** Control message magic. */
 export const CONTROL_MAGIC = "PWC";
 /** Control protocol version this build speaks. */
-export const CONTROL_VERSION = 3;
+export const CONTROL_VERSION = 4;
 
 /** How far a peer has taken an epoch; higher levels imply the lower ones. */
 export const AckLevel = { received: 0, applied: 1, durable: 2 } as const;
@@ -104,6 +104,13 @@ export interface Hello {
   durable: boolean;
   /** The lowest ack level the upstream's policy needs. */
   level: AckLevel;
+  /**
+   * The cluster term of the primary the stream comes from (0 outside a
+   * cluster). A downstream that has seen a higher term refuses it: that
+   * primary was replaced (fencing, see `cluster.ts`). Every frame on the
+   * connection belongs to this term.
+   */
+  term: number;
 }
 
 /** Downstream's committed state: where catch-up starts. */
@@ -309,8 +316,8 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
       need(
         typeof b.token === "string" && isUint(b.epoch) &&
           isUint(b.blockSize) && typeof b.durable === "boolean" &&
-          (b.level === 0 || b.level === 1 || b.level === 2),
-        "hello needs token, epoch, blockSize, durable and level 0, 1 or 2",
+          (b.level === 0 || b.level === 1 || b.level === 2) && isUint(b.term),
+        "hello needs token, epoch, blockSize, durable, level 0, 1 or 2 and term",
       );
       checkImages(b.images, false, "hello");
       break;

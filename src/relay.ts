@@ -8,6 +8,7 @@
 
 import { PeerAuth } from "./peer_auth.ts";
 import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
+import type { ClusterView } from "./cluster.ts";
 import { listen } from "../transports/mod.ts";
 import type { TransportOptions } from "./transport.ts";
 import type { AppliedEpoch } from "./decoder.ts";
@@ -75,6 +76,8 @@ export class Relay implements LinkOwner, ReplicaHooks {
   readonly role = "relay";
   readonly auth: PeerAuth;
   readonly imageLimits: ImageLimits;
+  /** The cluster it follows, for /status (see `cluster.ts` followCluster). */
+  cluster: ClusterView | null = null;
   readonly retained: RetainedLog;
   readonly zstd: Zstd;
   readonly policy: AckPolicy;
@@ -110,6 +113,17 @@ export class Relay implements LinkOwner, ReplicaHooks {
     this.zstd = createCodecZstd();
     this.#note = options.note ?? ((l) => console.error(l));
     this.links = options.to.map((u) => new PeerLink(u, this, options.link));
+  }
+
+  /** The term of the stream it forwards: its upstream's (see `UpstreamServer.term`). */
+  get term(): number {
+    return this.upstream?.term ?? 0;
+  }
+
+  /** A newer term: the peers reconnect, so their HELLOs carry it on down. */
+  termRaised(term: number): void {
+    this.#note(`term ${term}: reconnecting to the peers with it`);
+    for (const l of this.links) l.reconnect().catch(() => {});
   }
 
   /** Starts listening for the upstream and connecting to the peers. */
@@ -307,6 +321,8 @@ export class Relay implements LinkOwner, ReplicaHooks {
   status(): Record<string, unknown> {
     return {
       role: this.role,
+      term: this.term,
+      ...(this.cluster ? { cluster: this.cluster } : {}),
       listen: this.url,
       policy: formatAckPolicy(this.policy),
       epoch: this.epoch,

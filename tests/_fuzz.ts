@@ -1477,6 +1477,7 @@ export interface HelloFields {
   epoch?: number;
   blockSize?: number;
   durable?: boolean;
+  term?: number;
 }
 
 /**
@@ -1495,6 +1496,7 @@ export function helloBytes(fields: HelloFields = {}): Uint8Array {
     blockSize: 64,
     durable: false,
     level: AckLevel.applied,
+    term: 0,
     ...fields,
   } as unknown as ControlMessage);
 }
@@ -2270,7 +2272,8 @@ export function controlContract(
   switch (m.type) {
     case "hello":
       return own("token") && typeof r.token === "string" && uint(r.epoch) &&
-          uint(r.blockSize) && typeof r.durable === "boolean" && images(false)
+          uint(r.blockSize) && typeof r.durable === "boolean" &&
+          uint(r.term) && images(false)
         ? null
         : "hello fields missing or of the wrong type";
     case "state":
@@ -3233,8 +3236,15 @@ async function runSession(
   return out;
 }
 
+/**
+ * The term the harness's correct upstream speaks in: the replica's (a
+ * damaged HELLO of a higher term that passed the token check legitimately
+ * raised it, and an upstream of an older term is refused by design).
+ */
+let upstreamTerm = 0;
+
 function helloMessage(epoch: number, durable = false): Uint8Array {
-  return helloBytes({ epoch, durable });
+  return helloBytes({ epoch, durable, term: upstreamTerm });
 }
 
 /** True if the decoder replicates the corpus images (ids, sizes, block size). */
@@ -3530,6 +3540,7 @@ async function fuzzReplica(
   /** Brings the replica to corpus epoch e (a base sync); false if it could not. */
   const reach = async (tally: Tally, e: number): Promise<boolean> => {
     if (at === e) return true;
+    upstreamTerm = replica.upstream().term;
     const o = await runSession(replica, [
       helloMessage(e),
       ...baseMessages(states[e], 12 << 10, zstd),
@@ -3555,6 +3566,7 @@ async function fuzzReplica(
       const e = tally.index % CHAIN_EPOCHS;
       try {
         if (!await reach(tally, e)) return;
+        upstreamTerm = replica.upstream().term;
         const { messages, how, hello } = replicaSession(
           rng,
           corpus,
@@ -3602,6 +3614,7 @@ async function fuzzReplica(
         // Not wedged: a correct upstream sending epoch e+1 is taken.
         let firstRefusal = "";
         for (let attempt = 0; attempt < 2; attempt++) {
+          upstreamTerm = replica.upstream().term;
           replica.mark();
           const live = await runSession(replica, [
             helloMessage(e + 1),

@@ -281,6 +281,32 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
         ],
         "--max-total-image-bytes must be a size in bytes >= 1",
       ],
+      [
+        "primary",
+        [
+          "--source",
+          "synthetic:size=64K",
+          "--to",
+          "tcp://127.0.0.1:5",
+          "--etcd",
+          "http://127.0.0.1:5",
+          "--cluster",
+          "c1",
+        ],
+        "--etcd needs --name NODE",
+      ],
+      [
+        "backup",
+        [
+          "--listen",
+          "tcp://127.0.0.1:0",
+          "--store",
+          "/tmp/never",
+          "--cluster",
+          "c1",
+        ],
+        "--cluster and --name need --etcd URL[,URL...]",
+      ],
     ] as [string, string[], string][]
   ) {
     const r = await runTool(tool, PERMS, args);
@@ -310,6 +336,24 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
     "most",
   ]);
   assertEquals(badAck.code, 2);
+  // etcd that does not answer: a clear error at start, naming it.
+  const noEtcd = await runTool("primary", PERMS, [
+    "--source",
+    "synthetic:size=64K",
+    "--to",
+    "tcp://127.0.0.1:5",
+    "--etcd",
+    "http://127.0.0.1:9",
+    "--cluster",
+    "c1",
+    "--name",
+    "n1",
+  ]);
+  assertEquals(noEtcd.code, 1, noEtcd.stderr);
+  assert(
+    noEtcd.stderr.includes("etcd unreachable (http://127.0.0.1:9"),
+    noEtcd.stderr,
+  );
   assert(badAck.stderr.includes('bad ack policy "most"'), badAck.stderr);
   const badSource = await runTool("primary", PERMS, [
     "--source",

@@ -438,6 +438,7 @@ const HELLO = encodeControl({
   blockSize: 64,
   durable: false,
   level: AckLevel.applied,
+  term: 0,
 });
 
 Deno.test("tls: each connection gets its own challenge, and a proof captured on one is refused on any other", async () => {
@@ -506,6 +507,7 @@ Deno.test("a HELLO naming more than --max-image-bytes, or more in all than --max
       blockSize: 64,
       durable: false,
       level: AckLevel.applied,
+      term: 0,
     });
   const ask = async (sizes: number[]) => {
     const conn = await connect(b.url);

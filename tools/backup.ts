@@ -7,6 +7,9 @@ import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import {
   ackPolicy,
   checkUrl,
+  CLUSTER_HELP,
+  CLUSTER_VALUED,
+  clusterOptions,
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
@@ -21,6 +24,9 @@ import {
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
+import { EtcdClient } from "../src/etcd.ts";
+import { followCluster, LeaderLease, readLeader } from "../src/cluster.ts";
+import type { Primary } from "../src/primary.ts";
 import {
   Backup,
   type PromoteOptions,
@@ -51,6 +57,9 @@ and use deno task resume.
   --to URL[,URL...]  peers for --promote
   --ack, --ack-level, --interval MS|manual, --level fast|max: as for the primary
 ${DOWNSTREAM_HELP}
+${CLUSTER_HELP}
+                    A backup follows the cluster's term: it refuses a primary of
+                    an older term, and drops it when a newer term begins.
 ${COMMON_HELP}`;
 
 function promoteOptions(
@@ -153,6 +162,7 @@ await runMain(USAGE, async () => {
     "level",
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
+    ...CLUSTER_VALUED,
   ], ["help", "promote"]);
   if (args.options.has("help")) {
     console.log(USAGE);
@@ -172,6 +182,8 @@ await runMain(USAGE, async () => {
   if (!store) throw new UsageError("--store is required");
   const transport = transportOptions(args);
   const limits = imageLimits(args);
+  const clustered = clusterOptions(args);
+  const etcd = clustered ? await EtcdClient.connect(clustered.etcd) : null;
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
   const intervalText = last(args, "interval") ?? "1000";
@@ -188,6 +200,47 @@ await runMain(USAGE, async () => {
     link,
   };
   let backup: Backup | null = null;
+  let following: ReturnType<typeof followCluster> | null = null;
+  let lease: LeaderLease | null = null;
+  /** Promotes; in a cluster, only with the leader key and the next term. */
+  const promote = async (options: PromoteOptions): Promise<Primary> => {
+    const b = backup!;
+    if (!etcd || !clustered) return await b.promote(options);
+    const now = await readLeader(etcd, clustered.cluster);
+    if (now.leader) {
+      throw new Error(
+        `cluster ${clustered.cluster} has a primary: ${now.leader.name} (term ${now.term}); promoting this backup would make a second one`,
+      );
+    }
+    // Stop taking epochs first (closing a link to a paused or cut-off
+    // primary can take seconds), so the lease is fresh when the primary starts.
+    await b.upstream.close();
+    const won = await LeaderLease.acquire(etcd, {
+      cluster: clustered.cluster,
+      name: clustered.name,
+      leaseMs: clustered.leaseMs,
+      note: (l) => console.error(`backup: ${l}`),
+    });
+    if (!(won instanceof LeaderLease)) {
+      throw new Error(
+        `cluster ${clustered.cluster} has a primary: ${won.leader.name} (term ${won.term}), elected meanwhile; this backup no longer takes epochs from its upstream: restart it to follow again`,
+      );
+    }
+    try {
+      const p = await b.promote({ ...options, term: won.term });
+      p.cluster = { cluster: clustered.cluster, name: clustered.name };
+      won.start(p);
+      lease = won;
+      await following?.stop();
+      console.error(
+        `backup: leader of cluster ${clustered.cluster} as ${clustered.name}, term ${won.term}`,
+      );
+      return p;
+    } catch (e) {
+      await won.stop();
+      throw e;
+    }
+  };
   const target = () => {
     const b = backup!;
     return {
@@ -196,7 +249,7 @@ await runMain(USAGE, async () => {
       promote: b.promoted
         ? undefined
         : async (body: Record<string, unknown>) => {
-          const p = await b.promote(promoteOptions(body, fallback));
+          const p = await promote(promoteOptions(body, fallback));
           const r = b.resumed;
           return {
             promoted: true,
@@ -229,15 +282,26 @@ await runMain(USAGE, async () => {
   console.error(
     `backup: listening on ${b.url} (store ${b.store.dir} at epoch ${b.epoch})`,
   );
+  following = etcd && clustered
+    ? followCluster(etcd, {
+      cluster: clustered.cluster,
+      name: clustered.name,
+      note: (l) => console.error(`backup: ${l}`),
+    }, b.upstream)
+    : null;
+  b.cluster = following?.view ?? null;
   if (args.options.has("promote")) {
     if (fallback.to.length === 0 && fallback.ack!.who.kind !== "none") {
       throw new UsageError("--promote needs --to (or --ack none)");
     }
-    const p = await b.promote(fallback);
+    const p = await promote(fallback);
     p.onCommit((r) => console.log(`epoch ${r.epoch} committed`));
   }
   onSignal(async () => {
+    await following?.stop();
     await b.close();
+    // Only then the leader key goes: nothing more will be committed.
+    await lease?.stop();
     await server?.close();
   });
 });

@@ -13,6 +13,9 @@ import {
 } from "../src/_cli.ts";
 import {
   ackPolicy,
+  CLUSTER_HELP,
+  CLUSTER_VALUED,
+  clusterOptions,
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
@@ -29,6 +32,8 @@ import { openSources } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
 import { type CheckpointSeed, checkpointSeed } from "../src/resume.ts";
+import { EtcdClient } from "../src/etcd.ts";
+import { LeaderLease } from "../src/cluster.ts";
 
 const USAGE =
   `usage: deno task primary --source SOURCE [--source SOURCE...] --to URL[,URL...]
@@ -71,6 +76,9 @@ URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH,
                     epoch 0: after resume brought a guest back on this host,
                     the backups that hold that checkpoint continue from it
                     incrementally (the sources must give the store's images)
+${CLUSTER_HELP}
+                    A primary takes the cluster's leader key with the next term
+                    at start, and stops if another node holds it.
 ${COMMON_HELP}`;
 
 await runMain(USAGE, async () => {
@@ -86,6 +94,7 @@ await runMain(USAGE, async () => {
     "epochs",
     "from-store",
     ...COMMON_VALUED,
+    ...CLUSTER_VALUED,
   ], ["help"]);
   if (args.options.has("help")) {
     console.log(USAGE);
@@ -115,18 +124,47 @@ await runMain(USAGE, async () => {
   const transport = transportOptions(args);
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
+  const clustered = clusterOptions(args);
+  // The leader key first: a node that may not be primary touches no source.
+  let lease: LeaderLease | null = null;
+  if (clustered) {
+    const etcd = await EtcdClient.connect(clustered.etcd);
+    const won = await LeaderLease.acquire(etcd, {
+      cluster: clustered.cluster,
+      name: clustered.name,
+      leaseMs: clustered.leaseMs,
+      note: (l) => console.error(`primary: ${l}`),
+    });
+    if (!(won instanceof LeaderLease)) {
+      throw new Error(
+        `cluster ${clustered.cluster} already has a primary: ${won.leader.name} (term ${won.term}); a second one would commit beside it — stop it first, or start this node as a backup to follow it`,
+      );
+    }
+    lease = won;
+    console.error(
+      `primary: leader of cluster ${clustered.cluster} as ${clustered.name}, term ${lease.term} (lease ${clustered.leaseMs} ms)`,
+    );
+  }
   let primary: Primary | null = null;
   const { app } = controlApp(args, () => primary!);
-  const source = await openSources(sources);
+  let source;
+  try {
+    source = await openSources(sources);
+  } catch (e) {
+    await lease?.stop();
+    throw e;
+  }
   const fromStore = last(args, "from-store");
   let seed: CheckpointSeed | undefined;
   try {
     seed = fromStore ? checkpointSeed(fromStore, source.images) : undefined;
   } catch (e) {
     await source.close();
+    await lease?.stop();
     throw e;
   }
   primary = new Primary(source, {
+    term: lease?.term,
     seed,
     to,
     ack: policy,
@@ -168,10 +206,16 @@ await runMain(USAGE, async () => {
   });
   const stop = async () => {
     await p.stop();
+    // Only then the leader key goes: nothing more will be committed.
+    await lease?.stop();
     await server?.close();
   };
   onSignal(stop);
   p.start();
+  if (lease && clustered) {
+    p.cluster = { cluster: clustered.cluster, name: clustered.name };
+    lease.start(p);
+  }
   await finished;
   await stop();
 });

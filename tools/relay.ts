@@ -7,6 +7,9 @@ import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import {
   ackPolicy,
   checkUrl,
+  CLUSTER_HELP,
+  CLUSTER_VALUED,
+  clusterOptions,
   COMMON_HELP,
   COMMON_VALUED,
   controlApp,
@@ -21,6 +24,8 @@ import {
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
+import { EtcdClient } from "../src/etcd.ts";
+import { followCluster } from "../src/cluster.ts";
 import { Relay } from "../src/relay.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
 
@@ -36,6 +41,9 @@ the log; a new one, or one that fell out of it, gets a base sync.
 
   --log-bytes N     retained log bound, bytes (default 268435456)
 ${DOWNSTREAM_HELP}
+${CLUSTER_HELP}
+                    A relay follows the cluster's term: it refuses a primary of
+                    an older term, and drops it when a newer term begins.
 ${COMMON_HELP}`;
 
 await runMain(USAGE, async () => {
@@ -47,6 +55,7 @@ await runMain(USAGE, async () => {
     "log-bytes",
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
+    ...CLUSTER_VALUED,
   ], ["help"]);
   if (args.options.has("help")) {
     console.log(USAGE);
@@ -67,6 +76,8 @@ await runMain(USAGE, async () => {
   const policy = ackPolicy(args);
   const transport = transportOptions(args);
   const limits = imageLimits(args);
+  const clustered = clusterOptions(args);
+  const etcd = clustered ? await EtcdClient.connect(clustered.etcd) : null;
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
   let relay: Relay | null = null;
@@ -90,7 +101,16 @@ await runMain(USAGE, async () => {
       formatAckPolicy(policy)
     })`,
   );
+  const following = etcd && clustered
+    ? followCluster(etcd, {
+      cluster: clustered.cluster,
+      name: clustered.name,
+      note: (l) => console.error(`relay: ${l}`),
+    }, r.upstream)
+    : null;
+  r.cluster = following?.view ?? null;
   onSignal(async () => {
+    await following?.stop();
     await r.close();
     await server?.close();
   });

@@ -1,0 +1,174 @@
+/**
+ * Roles in a cluster, as processes, with a real etcd: one primary per
+ * cluster, and a primary paused (SIGSTOP) for longer than its lease, while a
+ * backup was promoted with the next term, never has anything committed or
+ * applied again.
+ */
+
+import { assert, assertEquals } from "./_assert.ts";
+import { EtcdClient } from "../src/etcd.ts";
+import { readLeader } from "../src/cluster.ts";
+import { EtcdCluster } from "../tools/_etcd_process.ts";
+import {
+  PortRange,
+  RoleProcess,
+  runToolProcess,
+} from "../tools/_role_process.ts";
+
+const ports = new PortRange();
+
+async function status(http: string): Promise<Record<string, unknown>> {
+  const res = await fetch(`http://${http}/status`);
+  return await res.json();
+}
+
+async function until(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 20_000,
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (!await cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+Deno.test("cluster roles: one primary per cluster; a primary paused past its lease is replaced by a backup promoted with the next term, commits nothing after, and has nothing applied after", async () => {
+  const etcd = await EtcdCluster.start(1, ports);
+  const dir = await Deno.makeTempDir({ prefix: "pw-cluster-roles-" });
+  const cluster = ["--etcd", etcd.endpoints[0], "--cluster", "c1"];
+  const b1Url = `tcp://127.0.0.1:${ports.take()}`;
+  const b2Url = `tcp://127.0.0.1:${ports.take()}`;
+  const b1Http = `127.0.0.1:${ports.take()}`;
+  const b2Http = `127.0.0.1:${ports.take()}`;
+  const primaryHttp = `127.0.0.1:${ports.take()}`;
+  const roles: RoleProcess[] = [];
+  const backup = (name: string, url: string, http: string) => {
+    const r = new RoleProcess("backup", [
+      "--listen",
+      url,
+      "--store",
+      `${dir}/${name}`,
+      "--http",
+      http,
+      ...cluster,
+      "--name",
+      name,
+      "--lease-ms",
+      "2000",
+    ]);
+    roles.push(r);
+    return r;
+  };
+  try {
+    await backup("b1", b1Url, b1Http).waitLine(/listening on/);
+    await backup("b2", b2Url, b2Http).waitLine(/listening on/);
+    const primary = new RoleProcess("primary", [
+      "--source",
+      "synthetic:images=1,size=256K,seed=3,dirty=0.05",
+      "--to",
+      `${b1Url},${b2Url}`,
+      "--interval",
+      "100",
+      "--http",
+      primaryHttp,
+      ...cluster,
+      "--name",
+      "p1",
+      "--lease-ms",
+      "2000",
+    ]);
+    roles.push(primary);
+    await primary.waitLine(/leader of cluster c1 as p1, term 1/);
+    await primary.waitLine(/^epoch 3 committed/);
+    assertEquals((await status(b1Http)).term, 1);
+
+    const second = await runToolProcess("primary", [
+      "--source",
+      "synthetic:images=1,size=64K",
+      "--to",
+      b1Url,
+      ...cluster,
+      "--name",
+      "p2",
+    ]);
+    assertEquals(second.code, 1, second.stderr);
+    assert(
+      second.stderr.includes("cluster c1 already has a primary: p1 (term 1)"),
+      second.stderr,
+    );
+
+    const promote = () =>
+      fetch(`http://${b2Http}/promote`, {
+        method: "POST",
+        body: JSON.stringify({ to: [b1Url], interval: 100 }),
+      });
+    // While p1 holds the leader key, no backup can be promoted.
+    const refused = await promote();
+    assertEquals(refused.status, 400);
+    const why = (await refused.json()).error as string;
+    assert(why.includes("cluster c1 has a primary: p1 (term 1)"), why);
+    assertEquals((await status(b2Http)).role, "backup", "b2 still follows");
+
+    // Paused past its lease: b2 is promoted once etcd expired it.
+    primary.kill("SIGSTOP");
+    const committedAtStop = Math.max(...primary.commits());
+    await until(async () => {
+      const res = await promote();
+      await res.body?.cancel();
+      return res.ok;
+    }, "b2's promotion once the old lease expired");
+    const b2 = await status(b2Http);
+    assertEquals([b2.role, b2.term, b2.fenced], ["primary", 2, false]);
+    await until(
+      async () => (await status(b1Http)).term === 2,
+      "b1 to follow term 2",
+    );
+    await until(
+      async () =>
+        ((await status(b2Http)).committedEpoch as number) > committedAtStop + 2,
+      "the new primary to commit through b1",
+    );
+    assert(
+      ((await status(b1Http)).epoch as number) >= committedAtStop,
+      "b1 holds every epoch the old primary reported committed",
+    );
+
+    primary.kill("SIGCONT");
+    await until(
+      async () => (await status(primaryHttp)).fenced === true,
+      "the old primary to say it is fenced",
+    );
+    await until(
+      async () => {
+        const up = (await status(b1Http)).upstream as {
+          refused: Record<string, number>;
+        };
+        return up.refused.term > 0;
+      },
+      "b1 to refuse the old term",
+    );
+    const old = await status(primaryHttp);
+    assert((old.epoch as number) > committedAtStop, "it still captures");
+    assertEquals(
+      Math.max(...primary.commits()),
+      committedAtStop,
+      "nothing committed after the pause",
+    );
+    assertEquals((await status(b1Http)).upstream, {
+      ...((await status(b1Http)).upstream as Record<string, unknown>),
+      term: 2,
+    });
+    const direct = await EtcdClient.connect(etcd.endpoints);
+    assertEquals((await readLeader(direct, "c1")).leader?.name, "b2");
+  } finally {
+    for (const r of roles) {
+      r.kill("SIGCONT");
+      r.kill("SIGKILL");
+      await r.done;
+    }
+    await etcd.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

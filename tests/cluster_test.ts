@@ -1,0 +1,182 @@
+/**
+ * The leader lease in a real etcd (src/cluster.ts): one primary per term,
+ * and a primary that cannot renew its lease stops committing before etcd
+ * could give the term to another — then carries on if its term is still
+ * current, or stays fenced if a newer term began. etcd is reached through
+ * a forwarder that can stall, standing in for a partition from etcd.
+ */
+
+import { assert, assertEquals } from "./_assert.ts";
+import { EtcdClient } from "../src/etcd.ts";
+import { LeaderLease, readLeader } from "../src/cluster.ts";
+import { Primary } from "../src/primary.ts";
+import { Backup } from "../src/backup.ts";
+import { openSource } from "../src/open_source.ts";
+import { EtcdCluster } from "../tools/_etcd_process.ts";
+import { PortRange } from "../tools/_role_process.ts";
+import { Stallable } from "./_gate.ts";
+
+const ports = new PortRange();
+const quiet = () => {};
+const SPEC = "synthetic:images=1,size=256K,seed=5,dirty=0.05";
+
+async function until(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 15_000,
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (!await cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** etcd, a forwarder to it that can stall, a backup, and a primary holding the leader key through the forwarder. */
+async function setUp(leaseMs: number) {
+  const cluster = await EtcdCluster.start(1, ports);
+  const url = new URL(cluster.endpoints[0]);
+  const gate = new Stallable({
+    hostname: url.hostname,
+    port: Number(url.port),
+  });
+  const dir = await Deno.makeTempDir({ prefix: "pw-cluster-" });
+  const backup = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: dir,
+    note: quiet,
+  });
+  const notes: string[] = [];
+  const etcd = await EtcdClient.connect(
+    [gate.url.replace("tcp:", "http:")],
+    { timeoutMs: 300 },
+  );
+  const lease = await LeaderLease.acquire(etcd, {
+    cluster: "t",
+    name: "n1",
+    leaseMs,
+    note: (l) => notes.push(l),
+  });
+  assert(lease instanceof LeaderLease, "the first node wins");
+  const primary = new Primary(await openSource(SPEC), {
+    to: [backup.url],
+    intervalMs: null,
+    term: lease.term,
+    note: (l) => notes.push(l),
+  });
+  primary.start();
+  lease.start(primary);
+  const direct = await EtcdClient.connect(cluster.endpoints);
+  return {
+    cluster,
+    gate,
+    backup,
+    primary,
+    lease,
+    notes,
+    direct,
+    async tearDown() {
+      await lease.stop(false);
+      await primary.stop();
+      await backup.close();
+      gate.close();
+      await cluster.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("cluster: the first primary takes term 1 and the leader key; another node finds it there and does not win", async () => {
+  const s = await setUp(2000);
+  try {
+    assertEquals(s.lease.term, 1);
+    const other = await LeaderLease.acquire(s.direct, {
+      cluster: "t",
+      name: "n2",
+      leaseMs: 2000,
+    });
+    assert(!(other instanceof LeaderLease));
+    assertEquals(other.leader.name, "n1");
+    assertEquals(other.term, 1);
+    await s.primary.checkpoint();
+    assertEquals(s.backup.upstream.term, 1, "the backup follows term 1");
+    assertEquals(s.primary.status().term, 1);
+    assertEquals(s.primary.status().fenced, false);
+  } finally {
+    await s.tearDown();
+  }
+});
+
+Deno.test("cluster: cut off from etcd, a primary stops committing before its lease could expire, and carries on once etcd confirms its term is still current", async () => {
+  const s = await setUp(2000);
+  try {
+    await s.primary.checkpoint();
+    const before = s.primary.committed;
+    s.gate.stall();
+    await until(() => s.primary.fenced !== null, "the primary to fence");
+    // Before its lease could expire: etcd still holds its leader key.
+    assertEquals(
+      (await s.direct.get("/patchwire/t/leader"))?.value,
+      JSON.stringify({ name: "n1", term: 1 }),
+      "fenced while the lease still held the leader key",
+    );
+    assertEquals(s.primary.status().fenced, true);
+    // It goes on capturing and sending, and the backup applies, but nothing
+    // is reported committed.
+    const pending = s.primary.checkpoint();
+    let committedWhileFenced = false;
+    pending.then(() => committedWhileFenced = s.primary.fenced !== null);
+    await until(
+      () => s.backup.epoch === before + 1,
+      "the backup to apply the epoch",
+    );
+    assertEquals(s.primary.committed, before);
+    s.gate.resume();
+    await pending;
+    assert(!committedWhileFenced, "reported only once unfenced");
+    assertEquals(s.primary.fenced, null);
+    assertEquals(s.primary.committed, before + 1);
+    assert(s.notes.some((l) => /fenced: etcd did not confirm/.test(l)));
+  } finally {
+    await s.tearDown();
+  }
+});
+
+Deno.test("cluster: once its lease expired and another node took a newer term, the old primary stays fenced and says so", async () => {
+  const s = await setUp(1000);
+  try {
+    await s.primary.checkpoint();
+    const before = s.primary.committed;
+    s.gate.stall();
+    await until(() => s.primary.fenced !== null, "the primary to fence");
+    // The lease runs out in etcd; another node is elected with term 2.
+    let won: LeaderLease | null = null;
+    await until(async () => {
+      const r = await LeaderLease.acquire(s.direct, {
+        cluster: "t",
+        name: "n2",
+        leaseMs: 5000,
+      });
+      if (r instanceof LeaderLease) won = r;
+      return won !== null;
+    }, "another node to win the next term");
+    assertEquals(won!.term, 2);
+    s.gate.resume();
+    await until(() => s.lease.supersededBy !== null, "the old primary to see");
+    assertEquals((await readLeader(s.direct, "t")).leader?.name, "n2");
+    assertEquals(s.primary.fenced !== null, true);
+    s.primary.checkpoint().catch(() => {});
+    await until(
+      () => s.backup.epoch === before + 1,
+      "the backup to apply the epoch",
+    );
+    assertEquals(s.primary.committed, before, "it never commits again");
+    assert(
+      s.notes.some((l) => /term 2 began with n2 as primary/.test(l)),
+      s.notes.join("\n"),
+    );
+    await won!.stop();
+  } finally {
+    await s.tearDown();
+  }
+});
