@@ -41,6 +41,26 @@ export interface LeaderRecord {
   term: number;
   /** Where the primary's stream comes from, for the record (its listen URL, if any). */
   listen?: string;
+  /** Its ack policy (`all`, `quorum:K`, `any`, `none`) and level: what its commits promised. */
+  ack?: string;
+  ackLevel?: string;
+  /** The peers it sends to (its --to): the followers a successor sends to. */
+  peers?: string[];
+}
+
+/** A follower's record, `/patchwire/CLUSTER/members/NAME`, under its own lease. */
+export interface MemberRecord {
+  name: string;
+  role: string;
+  /** Where it accepts its upstream. */
+  listen: string;
+  /** The term it follows. */
+  term: number;
+  /** The last epoch it holds (applied), and the last in its store. */
+  epoch: number;
+  storedEpoch: number;
+  /** Whether it may be elected (`--candidate`). */
+  candidate: boolean;
 }
 
 /** Where a cluster's keys are. */
@@ -48,6 +68,7 @@ export function clusterKeys(cluster: string): {
   prefix: string;
   term: string;
   leader: string;
+  members: string;
 } {
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
     throw new RangeError(
@@ -55,7 +76,12 @@ export function clusterKeys(cluster: string): {
     );
   }
   const prefix = `/patchwire/${cluster}/`;
-  return { prefix, term: `${prefix}term`, leader: `${prefix}leader` };
+  return {
+    prefix,
+    term: `${prefix}term`,
+    leader: `${prefix}leader`,
+    members: `${prefix}members/`,
+  };
 }
 
 /** Reads a leader key's value; throws naming the key if it is not ours. */
@@ -81,6 +107,11 @@ export function parseLeader(key: string, value: string): LeaderRecord {
     name: r.name,
     term: r.term as number,
     ...(typeof r.listen === "string" ? { listen: r.listen } : {}),
+    ...(typeof r.ack === "string" ? { ack: r.ack } : {}),
+    ...(typeof r.ackLevel === "string" ? { ackLevel: r.ackLevel } : {}),
+    ...(Array.isArray(r.peers) && r.peers.every((p) => typeof p === "string")
+      ? { peers: r.peers as string[] }
+      : {}),
   };
 }
 
@@ -105,6 +136,10 @@ export interface LeaseOptions {
   /** Lease length, ms (`--lease-ms`, default 3000); etcd counts it in whole seconds. */
   leaseMs?: number;
   listen?: string;
+  /** What the leader record tells a successor: the ack policy and the peers. */
+  ack?: string;
+  ackLevel?: string;
+  peers?: string[];
   note?: (line: string) => void;
 }
 
@@ -329,6 +364,9 @@ async function takeLeader(
     name: options.name,
     term: to,
     ...(options.listen ? { listen: options.listen } : {}),
+    ...(options.ack ? { ack: options.ack } : {}),
+    ...(options.ackLevel ? { ackLevel: options.ackLevel } : {}),
+    ...(options.peers ? { peers: options.peers } : {}),
   };
   const r = await etcd.txn(
     [
@@ -369,7 +407,20 @@ export interface ClusterView {
  */
 export function followCluster(
   etcd: EtcdClient,
-  options: { cluster: string; name: string; note?: (line: string) => void },
+  options: {
+    cluster: string;
+    name: string;
+    note?: (line: string) => void;
+    /**
+     * The leader key is gone (its lease expired or was revoked), or there
+     * was none when etcd was read: `last` is the record it held, if seen.
+     */
+    leaderGone?: (
+      last: LeaderRecord | null,
+      term: number,
+      revision: number,
+    ) => void;
+  },
   follower: TermFollower,
 ): { view: ClusterView; stop: () => Promise<void> } {
   const keys = clusterKeys(options.cluster);
@@ -382,6 +433,9 @@ export function followCluster(
     etcdError: null,
   };
   const abort = new AbortController();
+  let last: LeaderRecord | null = null;
+  const gone = (revision: number) =>
+    options.leaderGone?.(last, view.term, revision);
   const adopt = async (term: number) => {
     if (term > view.term) {
       view.term = term;
@@ -398,9 +452,9 @@ export function followCluster(
         const termKv = r.ranges[0]?.[0];
         const leaderKv = r.ranges[1]?.[0];
         await adopt(parseTerm(keys.term, termKv?.value));
-        view.leader = leaderKv
-          ? parseLeader(keys.leader, leaderKv.value).name
-          : null;
+        if (leaderKv) last = parseLeader(keys.leader, leaderKv.value);
+        view.leader = leaderKv ? last!.name : null;
+        if (!leaderKv) gone(r.revision);
         if (view.etcdError) note(`etcd readable again: term ${view.term}`);
         view.etcdError = null;
         await etcd.watch(
@@ -410,9 +464,13 @@ export function followCluster(
               if (e.kv.key === keys.term && e.type === "put") {
                 adopt(parseTerm(keys.term, e.kv.value)).catch(() => {});
               } else if (e.kv.key === keys.leader) {
-                view.leader = e.type === "put"
-                  ? parseLeader(keys.leader, e.kv.value).name
-                  : null;
+                if (e.type === "put") {
+                  last = parseLeader(keys.leader, e.kv.value);
+                  view.leader = last.name;
+                } else {
+                  view.leader = null;
+                  gone(e.kv.modRevision);
+                }
               }
             } catch (err) {
               note((err as Error).message);
@@ -445,4 +503,131 @@ export function followCluster(
       await running;
     },
   };
+}
+
+/**
+ * Publishes this node's {@linkcode MemberRecord} under a lease of its own
+ * (it disappears when the node does), every third of `leaseMs` and at once
+ * on `poke`.
+ */
+export function publishMember(
+  etcd: EtcdClient,
+  options: { cluster: string; name: string; leaseMs: number },
+  record: () => MemberRecord,
+): { poke: () => Promise<void>; stop: () => Promise<void> } {
+  const key = `${clusterKeys(options.cluster).members}${options.name}`;
+  let lease: string | null = null;
+  let stopped = false;
+  let wake: (() => void) | null = null;
+  const publish = async () => {
+    if (lease !== null && (await etcd.keepAlive(lease)) === 0) lease = null;
+    lease ??= await etcd.grant(LeaderLease.ttlSeconds(options.leaseMs));
+    await etcd.put(key, JSON.stringify(record()), lease);
+  };
+  let chain = Promise.resolve();
+  const poke = () => {
+    chain = chain.then(publish).catch(() => {});
+    return chain;
+  };
+  const loop = (async () => {
+    while (!stopped) {
+      await poke();
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, options.leaseMs / 3);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+    }
+  })();
+  return {
+    poke,
+    stop: async () => {
+      stopped = true;
+      wake?.();
+      await loop;
+      await chain;
+      if (lease) await etcd.revoke(lease).catch(() => {});
+    },
+  };
+}
+
+/** Every member record of a cluster (records that are not ours are skipped). */
+export async function readMembers(
+  etcd: EtcdClient,
+  cluster: string,
+): Promise<(MemberRecord & { revision: number })[]> {
+  const out: (MemberRecord & { revision: number })[] = [];
+  for (const kv of await etcd.list(clusterKeys(cluster).members)) {
+    try {
+      const r = JSON.parse(kv.value);
+      if (
+        typeof r?.name === "string" && typeof r.listen === "string" &&
+        Number.isSafeInteger(r.epoch) && Number.isSafeInteger(r.term)
+      ) out.push({ ...(r as MemberRecord), revision: kv.modRevision });
+    } catch {
+      // not ours
+    }
+  }
+  return out;
+}
+
+/**
+ * How many of the `n` peers of an ack policy must report before the most
+ * advanced of them surely holds every epoch the primary may have reported
+ * committed: an epoch committed under quorum:K is on K of the n peers, and
+ * any n-K+1 of them include one of those K (all: K = n, one report is
+ * enough; any: K = 1, every peer must report).
+ */
+export function reportsNeeded(ack: string | undefined, n: number): number {
+  const quorum = /^quorum:(\d+)$/.exec(ack ?? "");
+  const k = ack === "any" ? 1 : quorum ? Number(quorum[1]) : n;
+  return Math.max(1, n - Math.min(k, n) + 1);
+}
+
+/**
+ * One election round, after the leader of `term` is gone (at etcd revision
+ * `since`): the winner is the most advanced candidate among the old
+ * primary's peers that follow that term and published their record since
+ * (by epoch, ties by name), once enough of them reported that the most
+ * advanced surely holds every epoch the old primary may have reported
+ * committed ({@linkcode reportsNeeded}). Every candidate computes the same
+ * answer from the same records; only the winner tries to take the leader key.
+ */
+export function electionWinner(
+  members: (MemberRecord & { revision: number })[],
+  last: LeaderRecord | null,
+  term: number,
+  since: number,
+): { winner: string } | { waiting: string } {
+  const peers = last?.peers ?? [];
+  // Only records written after the leader went count: before, a peer may
+  // still have been taking epochs.
+  const followers = members.filter((m) =>
+    m.term === term && m.revision > since
+  );
+  const reported = peers.length
+    ? followers.filter((m) => peers.includes(m.listen))
+    : followers;
+  const needed = peers.length ? reportsNeeded(last?.ack, peers.length) : 1;
+  if (reported.length < needed) {
+    return {
+      waiting: `${reported.length} of the old primary's ${
+        peers.length || "?"
+      } peers reported, ${needed} needed to be sure one holds every committed epoch (ack ${
+        last?.ack ?? "unknown"
+      })`,
+    };
+  }
+  const best = Math.max(...reported.map((m) => m.epoch));
+  const top = reported.filter((m) => m.candidate && m.epoch === best)
+    .sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  if (top.length === 0) {
+    return {
+      waiting:
+        `no candidate holds epoch ${best}, the most advanced reported: none surely holds every committed epoch`,
+    };
+  }
+  return { winner: top[0].name };
 }

@@ -172,3 +172,110 @@ Deno.test("cluster roles: one primary per cluster; a primary paused past its lea
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cluster roles: after kill -9 of the primary, the most advanced candidate is elected with the next term and commits with the others; no epoch reported committed is lost", async () => {
+  const etcd = await EtcdCluster.start(1, ports);
+  const dir = await Deno.makeTempDir({ prefix: "pw-cluster-elect-" });
+  const cluster = ["--etcd", etcd.endpoints[0], "--cluster", "c2"];
+  const names = ["b1", "b2", "b3"];
+  const urls = names.map(() => `tcp://127.0.0.1:${ports.take()}`);
+  const https = names.map(() => `127.0.0.1:${ports.take()}`);
+  const roles: RoleProcess[] = [];
+  try {
+    for (let i = 0; i < names.length; i++) {
+      const r = new RoleProcess("backup", [
+        "--listen",
+        urls[i],
+        "--store",
+        `${dir}/${names[i]}`,
+        "--http",
+        https[i],
+        ...cluster,
+        "--name",
+        names[i],
+        "--lease-ms",
+        "2000",
+        "--candidate",
+        "--interval",
+        "100",
+      ]);
+      roles.push(r);
+      await r.waitLine(/listening on/);
+    }
+    const primary = new RoleProcess("primary", [
+      "--source",
+      "synthetic:images=1,size=256K,seed=9,dirty=0.05",
+      "--to",
+      urls.join(","),
+      "--ack",
+      "quorum:2",
+      "--interval",
+      "100",
+      ...cluster,
+      "--name",
+      "p1",
+      "--lease-ms",
+      "2000",
+    ]);
+    roles.push(primary);
+    await primary.waitLine(/^epoch 5 committed/);
+    primary.kill("SIGKILL");
+    await primary.done;
+    const killedAt = performance.now();
+    const committed = Math.max(...primary.commits());
+
+    let winner = -1;
+    await until(
+      async () => {
+        for (let i = 0; i < names.length; i++) {
+          const s = await status(https[i]);
+          if (
+            s.role === "primary" && (s.committedEpoch as number) > committed
+          ) {
+            winner = i;
+            return true;
+          }
+        }
+        return false;
+      },
+      "a candidate to be elected and commit",
+      30_000,
+    );
+    console.log(
+      `failover: ${
+        (performance.now() - killedAt).toFixed(0)
+      } ms from kill -9 to the new primary's commit past epoch ${committed}`,
+    );
+    const elected = await status(https[winner]);
+    assertEquals(elected.term, 2);
+    assert(
+      roles[winner].lines.some((l) => /elected in \d+ ms/.test(l)),
+      roles[winner].tail(),
+    );
+    // Exactly one primary.
+    const rolesNow = await Promise.all(
+      https.map(async (h) => (await status(h)).role),
+    );
+    assertEquals(rolesNow.filter((r) => r === "primary").length, 1);
+    // The others follow term 2 and catch up past every epoch reported committed.
+    for (let i = 0; i < names.length; i++) {
+      if (i === winner) continue;
+      await until(
+        async () => {
+          const s = await status(https[i]);
+          return s.term === 2 && (s.epoch as number) > committed;
+        },
+        `${names[i]} to follow the new primary`,
+      );
+    }
+    const direct = await EtcdClient.connect(etcd.endpoints);
+    assertEquals((await readLeader(direct, "c2")).leader?.name, names[winner]);
+  } finally {
+    for (const r of roles) {
+      r.kill("SIGKILL");
+      await r.done;
+    }
+    await etcd.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -8,7 +8,14 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { EtcdClient } from "../src/etcd.ts";
-import { LeaderLease, readLeader } from "../src/cluster.ts";
+import {
+  electionWinner,
+  LeaderLease,
+  type LeaderRecord,
+  type MemberRecord,
+  readLeader,
+  reportsNeeded,
+} from "../src/cluster.ts";
 import { Primary } from "../src/primary.ts";
 import { Backup } from "../src/backup.ts";
 import { openSource } from "../src/open_source.ts";
@@ -179,4 +186,60 @@ Deno.test("cluster: once its lease expired and another node took a newer term, t
   } finally {
     await s.tearDown();
   }
+});
+
+Deno.test("election: enough peers must report that the most advanced surely holds every committed epoch", () => {
+  assertEquals(reportsNeeded("all", 3), 1);
+  assertEquals(reportsNeeded("quorum:2", 3), 2);
+  assertEquals(reportsNeeded("quorum:3", 3), 1);
+  assertEquals(reportsNeeded("any", 3), 3);
+});
+
+Deno.test("election: the most advanced candidate among fresh reports of the old primary's peers wins, ties by name", () => {
+  const last: LeaderRecord = {
+    name: "p1",
+    term: 4,
+    ack: "quorum:2",
+    peers: ["tcp://a:1", "tcp://b:1", "tcp://c:1"],
+  };
+  const m = (
+    name: string,
+    epoch: number,
+    revision: number,
+    candidate = true,
+    term = 4,
+  ): MemberRecord & { revision: number } => ({
+    name,
+    role: "backup",
+    listen: `tcp://${name}:1`,
+    term,
+    epoch,
+    storedEpoch: epoch,
+    candidate,
+    revision,
+  });
+  // One fresh report of three, quorum:2: not enough.
+  assert(
+    "waiting" in electionWinner([m("a", 9, 11), m("b", 12, 5)], last, 4, 10),
+  );
+  // Two fresh: the most advanced wins.
+  assertEquals(
+    electionWinner([m("a", 9, 11), m("b", 12, 12)], last, 4, 10),
+    { winner: "b" },
+  );
+  // A tie goes to the first name.
+  assertEquals(
+    electionWinner([m("c", 12, 11), m("b", 12, 12)], last, 4, 10),
+    { winner: "b" },
+  );
+  // The most advanced is not a candidate: nobody surely holds everything.
+  assert(
+    "waiting" in
+      electionWinner([m("a", 9, 11), m("b", 12, 12, false)], last, 4, 10),
+  );
+  // Followers of another term, or not the old primary's peers, do not count.
+  assert(
+    "waiting" in
+      electionWinner([m("a", 9, 11, true, 3), m("x", 12, 12)], last, 4, 10),
+  );
 });

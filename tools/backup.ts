@@ -25,7 +25,15 @@ import {
   transportOptions,
 } from "../src/_role_cli.ts";
 import { EtcdClient } from "../src/etcd.ts";
-import { followCluster, LeaderLease, readLeader } from "../src/cluster.ts";
+import {
+  electionWinner,
+  followCluster,
+  LeaderLease,
+  type LeaderRecord,
+  publishMember,
+  readLeader,
+  readMembers,
+} from "../src/cluster.ts";
 import type { Primary } from "../src/primary.ts";
 import {
   Backup,
@@ -33,7 +41,11 @@ import {
   type PromoteResume,
 } from "../src/backup.ts";
 import { parseLevel } from "../src/level.ts";
-import { parseAckLevel, parseAckWho } from "../src/ack_policy.ts";
+import {
+  formatAckPolicy,
+  parseAckLevel,
+  parseAckWho,
+} from "../src/ack_policy.ts";
 import { AckLevel } from "../src/protocol.ts";
 
 const USAGE =
@@ -54,6 +66,11 @@ guest cannot be resumed while this role runs on it: promote it, or stop it
 and use deno task resume.
 
   --promote          start as a primary from the store (needs --to)
+  --candidate        (with --etcd) when the primary's leader key goes, take
+                     part in the election: the most advanced of its peers
+                     that surely holds every epoch the old primary may have
+                     reported committed becomes primary with the next term
+                     and sends to the old primary's other peers
   --to URL[,URL...]  peers for --promote
   --ack, --ack-level, --interval MS|manual, --level fast|max: as for the primary
 ${DOWNSTREAM_HELP}
@@ -163,7 +180,7 @@ await runMain(USAGE, async () => {
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
     ...CLUSTER_VALUED,
-  ], ["help", "promote"]);
+  ], ["help", "promote", "candidate"]);
   if (args.options.has("help")) {
     console.log(USAGE);
     return;
@@ -215,10 +232,14 @@ await runMain(USAGE, async () => {
     // Stop taking epochs first (closing a link to a paused or cut-off
     // primary can take seconds), so the lease is fresh when the primary starts.
     await b.upstream.close();
+    const policy = formatAckPolicy(options.ack!).split("/");
     const won = await LeaderLease.acquire(etcd, {
       cluster: clustered.cluster,
       name: clustered.name,
       leaseMs: clustered.leaseMs,
+      ack: policy[0],
+      ackLevel: policy[1],
+      peers: options.to,
       note: (l) => console.error(`backup: ${l}`),
     });
     if (!(won instanceof LeaderLease)) {
@@ -282,11 +303,106 @@ await runMain(USAGE, async () => {
   console.error(
     `backup: listening on ${b.url} (store ${b.store.dir} at epoch ${b.epoch})`,
   );
+  const candidate = args.options.has("candidate");
+  if (candidate && !clustered) {
+    throw new UsageError("--candidate needs --etcd, --cluster and --name");
+  }
+  // Every backup of a cluster publishes what it holds; candidates use it
+  // to elect the one that surely holds every committed epoch.
+  const member = etcd && clustered
+    ? publishMember(etcd, clustered, () => ({
+      name: clustered.name,
+      role: b.promoted ? "primary" : "backup",
+      listen: b.url,
+      term: b.upstream.term,
+      epoch: b.epoch,
+      storedEpoch: b.store.state?.epoch ?? 0,
+      candidate,
+    }))
+    : null;
+  let electing = false;
+  /** After the leader of `term` went (at etcd revision `since`): elect, and promote if this backup wins. */
+  const elect = async (
+    lastLeader: LeaderRecord | null,
+    term: number,
+    since: number,
+  ) => {
+    if (!candidate || electing || b.promoted || !etcd || !clustered) return;
+    if (!lastLeader) {
+      // Its policy and peers are unknown: nothing proves who holds what.
+      console.error(
+        `backup: no leader, and none seen by this backup: not electing (start a primary, or promote one by hand)`,
+      );
+      return;
+    }
+    electing = true;
+    const t0 = performance.now();
+    let said = "";
+    try {
+      await member!.poke(); // what this backup holds now, after the leader went
+      const end = t0 + 3 * clustered.leaseMs;
+      while (performance.now() < end && !b.promoted) {
+        // Waiting for the other peers' records: a condition in etcd.
+        await new Promise((r) => setTimeout(r, 100));
+        if ((await readLeader(etcd, clustered.cluster)).leader) return;
+        const round = electionWinner(
+          await readMembers(etcd, clustered.cluster),
+          lastLeader,
+          term,
+          since,
+        );
+        if ("waiting" in round) {
+          if (round.waiting !== said) {
+            console.error(`backup: election: ${round.waiting}`);
+          }
+          said = round.waiting;
+          continue;
+        }
+        if (round.winner !== clustered.name) continue; // it takes the key
+        const peers = (lastLeader?.peers ?? []).filter((u) => u !== b.url);
+        const who = lastLeader?.ack === undefined
+          ? fallback.ack!.who
+          : parseAckWho(lastLeader.ack);
+        const p = await promote({
+          ...fallback,
+          to: peers,
+          ack: {
+            who: who.kind === "quorum"
+              ? {
+                kind: "quorum",
+                k: Math.min(who.k, Math.max(1, peers.length)),
+              }
+              : who,
+            level: lastLeader?.ackLevel
+              ? parseAckLevel(lastLeader.ackLevel)
+              : fallback.ack!.level,
+          },
+        });
+        console.error(
+          `backup: elected in ${
+            (performance.now() - t0).toFixed(0)
+          } ms after the leader of term ${term} went: primary of term ${p.term} at epoch ${p.epoch}, sending to ${
+            peers.join(", ") || "no peers"
+          }`,
+        );
+        p.onCommit((r) => console.log(`epoch ${r.epoch} committed`));
+        return;
+      }
+    } catch (e) {
+      console.error(`backup: election: ${(e as Error).message}`);
+    } finally {
+      electing = false;
+    }
+  };
   following = etcd && clustered
     ? followCluster(etcd, {
       cluster: clustered.cluster,
       name: clustered.name,
       note: (l) => console.error(`backup: ${l}`),
+      leaderGone: (lastLeader, term, since) => {
+        member?.poke();
+        elect(lastLeader, term, since);
+      },
     }, b.upstream)
     : null;
   b.cluster = following?.view ?? null;
@@ -299,6 +415,7 @@ await runMain(USAGE, async () => {
   }
   onSignal(async () => {
     await following?.stop();
+    await member?.stop();
     await b.close();
     // Only then the leader key goes: nothing more will be committed.
     await lease?.stop();

@@ -133,6 +133,9 @@ await runMain(USAGE, async () => {
       cluster: clustered.cluster,
       name: clustered.name,
       leaseMs: clustered.leaseMs,
+      ack: last(args, "ack") ?? "all",
+      ackLevel: last(args, "ack-level") ?? "applied",
+      peers: to,
       note: (l) => console.error(`primary: ${l}`),
     });
     if (!(won instanceof LeaderLease)) {
