@@ -907,7 +907,8 @@ function damageLength(rng: FuzzRng, list: unknown[]): string | null {
       break;
     case "bigint":
       value = rng.pick([
-        BigInt(Math.max(0, Math.floor(was))),
+        // An earlier damage of the same case may have left NaN or Infinity.
+        BigInt(Number.isFinite(was) ? Math.max(0, Math.floor(was)) : 0),
         0n,
         -1n,
         BigInt(size) + 1n,

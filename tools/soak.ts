@@ -126,6 +126,25 @@ Whatever the ack policy and whatever is killed, at any instant:
   HELLO naming images larger than \`--max-image-bytes\` or in all than
   \`--max-total-image-bytes\` is refused. Nothing of an upstream's images is
   allocated before all of that passed.
+- **One primary per term (with \`--etcd\`).** A primary holds the cluster's
+  leader key in etcd under a lease, taken in the same transaction that raises
+  the term; every stream carries its term, and relays and backups refuse an
+  older one. A primary stops reporting commits and releasing held output as
+  soon as etcd has not confirmed its lease for the lease time less a margin,
+  counted from when it *sent* the last confirmed keep-alive; etcd, counting
+  from when it received it, cannot expire the lease earlier, so no other node
+  can take the term while the old primary still commits.
+- **An election loses no committed epoch.** An epoch the old primary reported
+  committed under \`quorum:K\` was acked by K of its N peers at the policy's
+  level, before its lease expired, hence before the leader key went. A
+  candidate only counts records its fellow peers published after that moment,
+  waits for N−K+1 of them (any N−K+1 peers include one of those K; \`all\` is
+  K = N: one record; \`any\` is K = 1: all N), and only the most advanced of
+  them, if it is a candidate, may take the next term — so the new primary
+  holds every committed epoch, to the level the policy promised (under
+  \`applied\`, a peer that restarted in between holds only its store, as that
+  level says). Relays publish no record yet: a primary whose peers are relays
+  is not replaced automatically.
 - **A backup that cannot store stops acking.** If its store cannot be written
   (and reopening does not help), a backup refuses epochs and upstreams with
   the reason, \`/healthz\` answers 503 and \`patchwire_store_healthy\` is 0,
