@@ -119,6 +119,13 @@ export class PeerLink {
   readonly acks = new PeerAcks();
   state: LinkState = "connecting";
   sentEpoch = 0;
+  /**
+   * The highest epoch this connection handed the peer (frames, a base sync,
+   * or the state it caught up from): an ack above it is not for what was
+   * sent here — a relay's peers may still ack another history's epochs
+   * while a new upstream connects to it — and is ignored.
+   */
+  #sessionTop = -1;
   bytesSent = 0;
   connects = 0;
   baseSyncs = 0;
@@ -303,6 +310,7 @@ export class PeerLink {
       level: owner.ackLevel,
       term: owner.term ?? 0,
     }));
+    this.#sessionTop = -1;
     const state = await this.#receiveState(conn);
     heard();
     handshaken();
@@ -323,6 +331,7 @@ export class PeerLink {
           const m = isControl(bytes) ? decodeControl(bytes) : null;
           if (m?.type === "pong") continue;
           if (m?.type === "ack") {
+            if (m.epoch > this.#sessionTop) continue;
             this.#acked(m.epoch);
             if (owner.retained.generation !== generation) continue;
             if (this.acks.record(m.epoch, m.level)) owner.onAck(this);
@@ -381,6 +390,7 @@ export class PeerLink {
           }
           this.#unacked.push({ epoch: next, bytes: entry.bytes });
           this.#unackedBytes += entry.bytes;
+          this.#sessionTop = next;
           for (const f of entry.frames) {
             await conn.send(f);
             this.bytesSent += f.length;
@@ -467,6 +477,7 @@ export class PeerLink {
     ) return -1;
     this.acks.record(state.epoch, state.level);
     this.sentEpoch = state.epoch;
+    this.#sessionTop = state.epoch;
     this.owner.onAck(this);
     return state.epoch + 1;
   }
@@ -474,6 +485,8 @@ export class PeerLink {
   async #baseSync(conn: Connection): Promise<number> {
     this.state = "base-sync";
     const snap = this.owner.snapshot();
+    // Its ack follows BASE_END.
+    this.#sessionTop = snap.epoch;
     const total = snap.contents.reduce((n, c) => n + c.length, 0);
     this.owner.note(
       `peer ${this.url}: base sync of epoch ${snap.epoch} (${

@@ -91,6 +91,8 @@ export class Relay implements LinkOwner, ReplicaHooks {
   #images: ImageInfo[] | null = null;
   /** A new lineage's replica, until an epoch or a base sync of it verified. */
   #candidate: EpochDecoder | null = null;
+  /** Set from a new upstream's handshake until it sent an epoch or a base sync (see connected). */
+  #holdAcks = false;
   /** Own decodes waiting for the peers (see decodeDue), oldest first. */
   #decodeWaiters: {
     epoch: number;
@@ -204,6 +206,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
     images: ImageDigestInfo[],
   ): void {
     faultPoint("relay.forward");
+    this.#holdAcks = false;
     if (this.#candidate) return; // not verified yet: see candidate
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     this.retained.append({ epoch, frames, bytes, images });
@@ -223,6 +226,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
   ): AckLevel | null {
     // A new lineage's first verified epoch: the peers get a base sync of it.
     if (this.#candidate?.epoch === epoch) this.#adopt(this.#candidate, epoch);
+    this.#holdAcks = false;
     this.#ackUp();
     return null;
   }
@@ -242,13 +246,18 @@ export class Relay implements LinkOwner, ReplicaHooks {
     // The peers' acks were for the old log, maybe another history.
     for (const l of this.links) l.acks.reset(0);
     this.ackedUp.fill(0);
+    this.#holdAcks = false;
     this.#ackUp();
     return null;
   }
 
   connected(_epoch: number): AckLevel {
-    // A new upstream knows nothing of earlier acks; they follow as peers ack.
+    // A new upstream knows nothing of earlier acks; they follow as peers ack
+    // — but only once it sent something of its own history (an epoch, or a
+    // base sync): until then the peers' acks may be of another history,
+    // which must not reach it as acks of its epochs.
     this.ackedUp.fill(0);
+    this.#holdAcks = true;
     return AckLevel.applied;
   }
 
@@ -296,6 +305,7 @@ export class Relay implements LinkOwner, ReplicaHooks {
 
   /** Acks upstream whatever the policy over the peers now allows, per level. */
   #ackUp(): void {
+    if (this.#holdAcks) return;
     const own = this.epoch;
     for (let level = AckLevel.durable; level >= 0; level--) {
       const acked = this.links.map((l) => l.acks.epochs[level]);

@@ -118,3 +118,53 @@ Deno.test("a relay that learns of a newer term drops its upstream of the older o
     await relay.close();
   }
 });
+
+Deno.test("an ack for an epoch not sent on this connection is ignored: a downstream cannot make the primary commit what it never received", async () => {
+  const { listen } = await import("../transports/mod.ts");
+  const { Primary } = await import("../src/primary.ts");
+  const { openSource } = await import("../src/open_source.ts");
+  const { zeroImageDigest } = await import("../src/image_state.ts");
+  const listener = await listen("tcp://127.0.0.1:0");
+  const p = new Primary(
+    await openSource("synthetic:images=1,size=64K,seed=2,dirty=0.1"),
+    { to: [listener.url], intervalMs: null, note: () => {} },
+  );
+  p.start();
+  try {
+    const conn = (await listener.accept())!;
+    const hello = decodeControl((await conn.receive())!);
+    assert(hello.type === "hello");
+    const z = zeroImageDigest(hello.images[0].size, hello.blockSize);
+    await conn.send(encodeControl({
+      type: "state",
+      epoch: 0,
+      images: [{
+        id: hello.images[0].id,
+        size: hello.images[0].size,
+        digestLo: z.lo,
+        digestHi: z.hi,
+      }],
+      level: AckLevel.durable,
+    }));
+    // Acks for epochs 1..5 (another history's, say) before any was sent.
+    await conn.send(
+      encodeControl({ type: "ack", epoch: 5, level: AckLevel.durable }),
+    );
+    const first = p.checkpoint();
+    // Epoch 1's frames arrive; only then does its ack count.
+    let bytes: Uint8Array | null;
+    do {
+      bytes = await conn.receive();
+    } while (bytes && !(bytes.length > 7 && bytes[7] === 2)); // COMMIT
+    assertEquals(p.committed, 0, "the early ack was not counted");
+    await conn.send(
+      encodeControl({ type: "ack", epoch: 1, level: AckLevel.durable }),
+    );
+    assertEquals((await first).epoch, 1);
+    assertEquals(p.committed, 1);
+    await conn.close();
+  } finally {
+    await p.stop();
+    await listener.close();
+  }
+});
