@@ -3479,6 +3479,8 @@ async function fuzzReplica(
   const zstd = zstdForCases();
   /** The corpus epoch the replica holds, or null (other images, another lineage). */
   let at: number | null = 0;
+  /** Whether the replica held any images when the current session began. */
+  let hadReplica = false;
 
   /** Checks the replica against the session's acks; returns where it is. */
   const settle = (
@@ -3488,6 +3490,11 @@ async function fuzzReplica(
     what: string,
   ): number | null => {
     const d = replica.decoder();
+    if (!onCorpusImages(d) && !hadReplica) {
+      // Nothing to drop: a replica's first upstream names its images.
+      tally.note("accepted: a first upstream's images became the replica");
+      return null;
+    }
     if (!onCorpusImages(d)) {
       tally.violation(
         "changed",
@@ -3576,6 +3583,7 @@ async function fuzzReplica(
         );
         tally.input = how;
         replica.mark();
+        hadReplica = replica.decoder() !== null;
         const o = await runSession(replica, messages, ms);
         if (o.garbage) tally.violation("contract", o.garbage);
         if (o.error === SENTINEL_ANSWER) {
