@@ -22,7 +22,17 @@ import {
   isControl,
   isFrame,
   type Proof,
+  type RegionDigests,
+  type RegionQuery,
 } from "./protocol.ts";
+import {
+  bytesU32,
+  regionCount,
+  regionDigestsFromHashes,
+  regionDigestsOfBytes,
+  u32Bytes,
+  zeroRegionDigests,
+} from "./region_digest.ts";
 import { BaseReceiver } from "./base_sync.ts";
 import { type ImageState, zeroImageDigest } from "./image_state.ts";
 import { decodeFrame, FrameType } from "./frame.ts";
@@ -119,6 +129,15 @@ export interface ReplicaHooks {
    * durable first). Acks from earlier upstreams are forgotten.
    */
   connected(epoch: number): AckLevel;
+  /**
+   * Optional, for online verify: what this role stores, at the replica's
+   * current epoch (a backup writes what it applied to its store first).
+   * Returns a reader of the stored bytes of an image, or null if the store
+   * cannot answer (verify then reads the replica in memory).
+   */
+  storedBytes?():
+    | ((slot: number, offset: number, into: Uint8Array) => void)
+    | null;
   /** A base sync finished and verified; the role installs it; returns the level to ack now, or null. */
   based(
     epoch: number,
@@ -624,7 +643,22 @@ export class UpstreamServer {
           const d = replica();
           base ??= new BaseReceiver(hello.images, d.hasher, d.zstd);
         }
-        if (m.type === "base") {
+        if (m.type === "rejoin") {
+          // A base sync over what this replica holds (`rejoin.ts`).
+          const d = replica();
+          base = new BaseReceiver(hello.images, d.hasher, d.zstd);
+          base.startFrom(
+            m.epoch,
+            d.images.map((i) => i.committed.subarray(0, i.size)),
+          );
+          this.hooks.note(
+            `upstream rejoins this replica (epoch ${d.epoch}) to epoch ${m.epoch} by block hashes`,
+          );
+        } else if (m.type === "region_query") {
+          await this.#tell(encodeControl(
+            this.#regionDigests(m, hello, decoder),
+          ));
+        } else if (m.type === "base") {
           base!.add(m as Base);
         } else if (m.type === "base_end") {
           const contents = base!.finish(m);
@@ -649,6 +683,87 @@ export class UpstreamServer {
       await decodes;
       await conn.close();
     }
+  }
+
+  /**
+   * Answers a REGION_QUERY from the block hashes the replica keeps, or with
+   * `rehash` from the bytes it stores; an all-zero replica not yet
+   * allocated answers as zeros. Bounds what the upstream may name.
+   */
+  #regionDigests(
+    q: RegionQuery,
+    hello: Hello,
+    decoder: EpochDecoder | null,
+  ): RegionDigests {
+    const info = hello.images[q.slot];
+    if (!info) {
+      throw new DecodeError(
+        `region query for image slot ${q.slot}, only ${hello.images.length} images`,
+      );
+    }
+    if (q.unit % hello.blockSize !== 0) {
+      throw new DecodeError(
+        `region query unit ${q.unit} is not a multiple of the block size ${hello.blockSize}`,
+      );
+    }
+    const count = regionCount(info.size, q.unit);
+    const regions = q.regions.length ? bytesU32(q.regions) : null;
+    if (regions) {
+      if (regions.length > count) {
+        throw new DecodeError(
+          `region query names ${regions.length} regions, image "${info.id}" has ${count}`,
+        );
+      }
+      for (const r of regions) {
+        if (r >= count) {
+          throw new DecodeError(
+            `region query names region ${r} of ${q.unit} bytes, image "${info.id}" has ${count}`,
+          );
+        }
+      }
+    }
+    const out = new Uint32Array(2 * (regions ? regions.length : count));
+    if (!decoder) {
+      zeroRegionDigests(hello.blockSize, info.size, q.unit, regions, out);
+      return {
+        type: "region_digests",
+        epoch: 0,
+        slot: q.slot,
+        unit: q.unit,
+        digests: u32Bytes(out),
+      };
+    }
+    const image = decoder.images[q.slot];
+    if (q.rehash) {
+      const stored = this.hooks.storedBytes?.() ?? null;
+      const read = stored
+        ? (offset: number, into: Uint8Array) => stored(q.slot, offset, into)
+        : (offset: number, into: Uint8Array) =>
+          into.set(image.committed.subarray(offset, offset + into.length));
+      regionDigestsOfBytes(
+        decoder.hasher,
+        image.size,
+        q.unit,
+        regions,
+        read,
+        out,
+      );
+    } else {
+      regionDigestsFromHashes(
+        image.hashes,
+        image.blocks,
+        q.unit / decoder.hasher.blockSize,
+        regions,
+        out,
+      );
+    }
+    return {
+      type: "region_digests",
+      epoch: decoder.epoch,
+      slot: q.slot,
+      unit: q.unit,
+      digests: u32Bytes(out),
+    };
   }
 
   /** Reports why the session ends, here and to the upstream, and closes it. */

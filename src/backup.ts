@@ -556,6 +556,22 @@ export class Backup implements ReplicaHooks {
     return performance.now() >= this.#storeRetryAt && this.#recoverStore();
   }
 
+  storedBytes():
+    | ((slot: number, offset: number, into: Uint8Array) => void)
+    | null {
+    const d = this.decoder;
+    if (!d || this.#storeFailure) return null;
+    try {
+      // What was applied in memory reaches the store first.
+      this.#flush(d);
+    } catch (e) {
+      this.#noteWriteFailure(e as Error);
+      return null;
+    }
+    if (this.store.state?.epoch !== d.epoch) return null;
+    return (slot, offset, into) => this.store.readRange(slot, offset, into);
+  }
+
   applied(): AckLevel {
     this.appliedEpochs++;
     if (!this.upstream.durable) this.#scheduleFlush();

@@ -570,6 +570,26 @@ export class BackupStore {
   }
 
   /**
+   * Reads `into.length` bytes of image `slot` from `offset` (online verify
+   * reads the store a region at a time).
+   */
+  readRange(slot: number, offset: number, into: Uint8Array): void {
+    const state = this.#usable("readRange");
+    const im = this.#image(state, slot);
+    if (
+      !Number.isSafeInteger(offset) || offset < 0 ||
+      offset + into.length > im.size
+    ) {
+      throw new StoreError(
+        `readRange: ${into.length} bytes at ${offset} run past image "${im.id}" (slot ${slot}) of ${im.size} bytes`,
+      );
+    }
+    io("cannot read", this.#imagePath(im.id), () => {
+      readAt(this.#files[slot], offset, into);
+    });
+  }
+
+  /**
    * Atomically moves the store from its current epoch to `state.epoch`
    * (which must be greater) by writing `ranges` into the image files, in
    * order (a later overlapping range wins). `state.images` must list the

@@ -103,6 +103,8 @@ export class BaseReceiver {
   #epoch = -1;
   #contents: Uint8Array[] = [];
   #received: number[] = [];
+  /** Whether the chunks overwrite a copy of the replica (a rejoin) rather than fill zeros. */
+  #rejoin = false;
 
   constructor(
     readonly images: ImageInfo[],
@@ -110,10 +112,28 @@ export class BaseReceiver {
     readonly zstd: Zstd,
   ) {}
 
+  /**
+   * Starts a rejoin of `epoch` (see `rejoin.ts`) from copies of `contents`,
+   * what the replica holds: the BASE messages that follow overwrite only
+   * the ranges that differ. Memory: one copy of the images, as a base sync.
+   */
+  startFrom(epoch: number, contents: Uint8Array[]): void {
+    if (contents.length !== this.images.length) {
+      throw new BaseSyncError(
+        `rejoin from ${contents.length} images, expected ${this.images.length}`,
+      );
+    }
+    this.#epoch = epoch;
+    this.#rejoin = true;
+    this.#contents = contents.map((c) => c.slice());
+    this.#received = this.images.map((i) => i.size);
+  }
+
   /** Takes one BASE message. */
   add(m: Base): void {
     if (m.epoch !== this.#epoch) {
       // A new base sync starts (a restarted one replaces any partial one).
+      this.#rejoin = false;
       this.#epoch = m.epoch;
       this.#contents = this.images.map((i) => new Uint8Array(i.size));
       this.#received = this.images.map(() => 0);
@@ -143,7 +163,7 @@ export class BaseReceiver {
         }`,
       );
     }
-    this.#received[m.slot] += m.size;
+    if (!this.#rejoin) this.#received[m.slot] += m.size;
   }
 
   /** Verifies the collected images against BASE_END; returns their contents. */
@@ -193,6 +213,7 @@ export class BaseReceiver {
     this.#contents = [];
     this.#received = [];
     this.#epoch = -1;
+    this.#rejoin = false;
     return contents;
   }
 }

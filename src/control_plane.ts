@@ -16,6 +16,8 @@ export interface ControlTarget {
   status(): Record<string, unknown>;
   /** Primary: takes a checkpoint and returns its figures once committed. */
   checkpoint?(): Promise<unknown>;
+  /** Primary: online verify of every peer (`verify.ts`); `repair` rejoins the ones that differ. */
+  verify?(options: { repair: boolean }): Promise<unknown>;
   /** Backup: becomes a primary; `body` is the request's JSON. */
   promote?(body: Record<string, unknown>): Promise<unknown>;
 }
@@ -90,6 +92,23 @@ export function createControlApp(
     }
     try {
       return c.json(await t.checkpoint());
+    } catch (e) {
+      return c.json({ error: (e as Error).message }, 500);
+    }
+  });
+  app.post("/verify", guard, async (c) => {
+    const t = target();
+    if (!t.verify) {
+      return c.json({ error: "POST /verify is for a primary" }, 409);
+    }
+    const repair = c.req.query("repair");
+    if (repair !== undefined && repair !== "" && repair !== "true") {
+      return c.json({
+        error: `?repair takes no value or "true", got "${repair}"`,
+      }, 400);
+    }
+    try {
+      return c.json(await t.verify({ repair: repair !== undefined }));
     } catch (e) {
       return c.json({ error: (e as Error).message }, 500);
     }
@@ -205,6 +224,9 @@ export function prometheus(status: Record<string, unknown>): string {
     put("peer_bytes_sent_total", p.bytesSent, [peer]);
     put("peer_live", p.state === "live" ? 1 : 0, [peer]);
     put("peer_base_syncs_total", p.baseSyncs, [peer]);
+    put("peer_rejoins_total", p.rejoins, [peer]);
+    // From the last online verify (absent until one ran).
+    put("out_of_sync_bytes", p.outOfSyncBytes, [peer]);
   }
   return lines.join("\n") + "\n";
 }

@@ -25,8 +25,17 @@ import {
   type ImageDigestInfo,
   type ImageInfo,
   isControl,
+  type RegionDigests,
   type State,
 } from "./protocol.ts";
+import { type RejoinResult, sendRejoin, snapshotDigests } from "./rejoin.ts";
+import {
+  bytesU32,
+  differingRegions,
+  REGION_BYTES,
+  regionCount,
+  u32Bytes,
+} from "./region_digest.ts";
 import { type RetainedLog, sameImages } from "./retained_log.ts";
 import { type BaseProgress, type BaseSnapshot, sendBase } from "./base_sync.ts";
 import type { Zstd } from "./compress/zstd.ts";
@@ -49,6 +58,12 @@ export interface LinkOwner {
   images(): ImageInfo[] | null;
   /** The images frozen at the newest epoch, for a base sync. */
   snapshot(): BaseSnapshot;
+  /**
+   * The images' block hashes (2 u32 per block) at `epoch`, the newest:
+   * live views, to be used in the same turn (rejoin and verify build their
+   * region digests from them).
+   */
+  blockHashes(): { epoch: number; hashes: Uint32Array[] };
   /** A peer acked something. */
   onAck(link: PeerLink): void;
   /** Writes a log line. */
@@ -82,7 +97,33 @@ export interface LinkStatus {
   connects: number;
   baseSyncs: number;
   baseSync: BaseProgress | null;
+  /** Rejoins by block hashes (base syncs that sent only what differed). */
+  rejoins: number;
+  /** What the last rejoin sent. */
+  lastRejoin: RejoinResult | null;
+  /** Bytes the last verify found differing (absent before any verify). */
+  outOfSyncBytes?: number;
   lastError: string | null;
+}
+
+/** One region that differs between a peer and its upstream, found by verify. */
+export interface DifferingRange {
+  image: string;
+  offset: number;
+  bytes: number;
+}
+
+/** What verify found on one peer. */
+export interface VerifyResult {
+  url: string;
+  /** The epoch compared (the upstream's newest when verify reached the peer). */
+  epoch: number;
+  /** Bytes of the images compared. */
+  bytes: number;
+  /** Pages (4 KiB) that differ, merged into ranges. */
+  differing: DifferingRange[];
+  outOfSyncBytes: number;
+  ms: number;
 }
 
 /** Default of {@linkcode PeerLinkOptions.peerTimeoutMs}. */
@@ -133,6 +174,24 @@ export class PeerLink {
   lastError: string | null = null;
   /** Whether the link is waiting for acks before it sends more. */
   throttled = false;
+  rejoins = 0;
+  lastRejoin: RejoinResult | null = null;
+  /** The last verify's result. */
+  lastVerify: VerifyResult | null = null;
+  /** The next session rejoins the peer against the bytes it stores (verify --repair). */
+  #repairNext = false;
+  /** Callers of repair() waiting for its rejoin. */
+  #repairWaiters: ((r: RejoinResult) => void)[] = [];
+  /** Callers waiting for the peer's next REGION_DIGESTS, in order. */
+  #regionWaiters: {
+    resolve: (m: RegionDigests) => void;
+    reject: (e: Error) => void;
+  }[] = [];
+  /** Verify requests waiting for the link to be caught up. */
+  #verifies: {
+    resolve: (r: VerifyResult) => void;
+    reject: (e: Error) => void;
+  }[] = [];
   /** Epochs sent and not yet acknowledged, oldest first, with their bytes. */
   #unacked: { epoch: number; bytes: number }[] = [];
   #unackedBytes = 0;
@@ -184,8 +243,44 @@ export class PeerLink {
       connects: this.connects,
       baseSyncs: this.baseSyncs,
       baseSync: this.baseSync,
+      rejoins: this.rejoins,
+      lastRejoin: this.lastRejoin,
+      ...(this.lastVerify
+        ? { outOfSyncBytes: this.lastVerify.outOfSyncBytes }
+        : {}),
       lastError: this.lastError,
     };
+  }
+
+  /**
+   * Online verify: once this link has sent the newest epoch, the peer
+   * hashes the bytes it stores again (a backup reads its store) and
+   * answers with region digests, which are compared with this role's at
+   * that epoch; the regions that differ are compared page by page. Sending
+   * waits meanwhile. Rejects if the link is not live.
+   */
+  verify(): Promise<VerifyResult> {
+    if (this.state !== "live" && this.state !== "base-sync") {
+      return Promise.reject(
+        new Error(`peer ${this.url} is ${this.state}, not live`),
+      );
+    }
+    const p = new Promise<VerifyResult>((resolve, reject) =>
+      this.#verifies.push({ resolve, reject })
+    );
+    this.owner.retained.wakeAll();
+    return p;
+  }
+
+  /**
+   * Makes the next session rejoin the peer against the bytes it stores,
+   * sending what differs (verify --repair), and starts it now.
+   */
+  async repair(): Promise<RejoinResult> {
+    this.#repairNext = true;
+    const done = new Promise<RejoinResult>((r) => this.#repairWaiters.push(r));
+    await this.reconnect();
+    return await done;
   }
 
   /**
@@ -330,6 +425,14 @@ export class PeerLink {
           heard();
           const m = isControl(bytes) ? decodeControl(bytes) : null;
           if (m?.type === "pong") continue;
+          if (m?.type === "region_digests") {
+            const w = this.#regionWaiters.shift();
+            if (!w) {
+              throw new Error("peer sent region digests nobody asked for");
+            }
+            w.resolve(m);
+            continue;
+          }
           if (m?.type === "ack") {
             if (m.epoch > this.#sessionTop) continue;
             this.#acked(m.epoch);
@@ -347,6 +450,8 @@ export class PeerLink {
         failed(e as Error);
       } finally {
         readerDone = true;
+        const gone = new Error(`peer ${this.url}: the connection ended`);
+        for (const w of this.#regionWaiters.splice(0)) w.reject(gone);
         owner.retained.wakeAll();
         this.#wakeAckWaiters();
       }
@@ -356,8 +461,13 @@ export class PeerLink {
     const cap = this.options.sendBufferBytes ?? DEFAULT_SEND_BUFFER_BYTES;
 
     try {
-      let next = this.#catchUpFrom(state, images);
-      if (next < 0) next = await this.#baseSync(conn);
+      const repair = this.#repairNext;
+      let next = repair ? -1 : this.#catchUpFrom(state, images);
+      if (next < 0) {
+        next = this.#canRejoin(state, images)
+          ? await this.#rejoin(conn, repair)
+          : await this.#baseSync(conn);
+      }
       this.state = "live";
       while (!this.#stopped && !readerDone) {
         const changed = owner.retained.changed();
@@ -398,6 +508,14 @@ export class PeerLink {
           this.sentEpoch = next;
           next++;
         }
+        if (
+          this.#verifies.length && !readerDone &&
+          next > owner.retained.last &&
+          owner.blockHashes().epoch === next - 1
+        ) {
+          await this.#verify(conn, next - 1);
+          continue;
+        }
         if (owner.retained.generation !== generation) {
           // The log restarted (the owner took a base sync: maybe another
           // history). Acks in flight on this connection are for the old one:
@@ -409,6 +527,164 @@ export class PeerLink {
     } finally {
       await conn.close();
       await reader;
+      const gone = new Error(`peer ${this.url}: the connection ended`);
+      for (const v of this.#verifies.splice(0)) v.reject(gone);
+    }
+  }
+
+  /** Asks the peer for region digests and waits for its answer (routed by the reader). */
+  async #askRegions(
+    conn: Connection,
+    epoch: number,
+    slot: number,
+    unit: number,
+    regions: Uint32Array | null,
+    rehash: boolean,
+    repairing = false,
+  ): Promise<Uint32Array> {
+    const answer = new Promise<RegionDigests>((resolve, reject) =>
+      this.#regionWaiters.push({ resolve, reject })
+    );
+    await conn.send(encodeControl({
+      type: "region_query",
+      epoch,
+      slot,
+      unit,
+      regions: regions ? u32Bytes(regions) : new Uint8Array(0),
+      rehash,
+    }));
+    const m = await answer;
+    if (rehash && !repairing && m.epoch !== epoch) {
+      throw new Error(
+        `peer answered verify at its epoch ${m.epoch}, expected ${epoch}`,
+      );
+    }
+    const images = this.owner.images() ?? [];
+    const want = regions
+      ? regions.length
+      : regionCount(images[slot]?.size ?? 0, unit);
+    if (m.slot !== slot || m.unit !== unit || m.digests.length !== 8 * want) {
+      throw new Error(
+        `peer answered region digests for slot ${m.slot}, unit ${m.unit}, ${
+          m.digests.length / 8
+        } regions; asked slot ${slot}, unit ${unit}, ${want} regions`,
+      );
+    }
+    return bytesU32(m.digests);
+  }
+
+  /** Whether the peer holds images of the same ids and sizes, at some epoch past 0: worth comparing by hashes. */
+  #canRejoin(state: State, images: ImageInfo[]): boolean {
+    return state.epoch > 0 && state.images.length === images.length &&
+      state.images.every((d, i) =>
+        d.id === images[i].id && d.size === images[i].size
+      );
+  }
+
+  /** A base sync that sends only the pages that differ (`rejoin.ts`). */
+  async #rejoin(conn: Connection, rehash: boolean): Promise<number> {
+    this.state = "base-sync";
+    const snap = this.owner.snapshot();
+    const { hashes } = this.owner.blockHashes();
+    const ours = snapshotDigests(
+      hashes,
+      snap.contents.map((c) => c.length),
+      this.owner.blockSize,
+    );
+    this.#sessionTop = snap.epoch;
+    const started = performance.now();
+    const result = await sendRejoin(
+      conn,
+      snap,
+      ours,
+      (slot, unit, regions) =>
+        this.#askRegions(conn, snap.epoch, slot, unit, regions, rehash, true),
+      this.owner.zstd,
+      (p) => this.baseSync = p,
+    );
+    this.bytesSent += result.wireBytes;
+    this.baseSync = null;
+    this.rejoins++;
+    this.lastRejoin = result;
+    this.sentEpoch = snap.epoch;
+    if (rehash) {
+      this.#repairNext = false;
+      for (const w of this.#repairWaiters.splice(0)) w(result);
+    }
+    this.owner.note(
+      `peer ${this.url}: rejoined to epoch ${snap.epoch} by block hashes${
+        rehash ? " of its stored bytes" : ""
+      }: ${result.regionsDiffering} of ${result.regions} regions differed, sent ${
+        (result.differingBytes / 1048576).toFixed(2)
+      } MiB of ${
+        (result.totalBytes / 1048576).toFixed(1)
+      } MiB (${result.wireBytes} bytes on the wire) in ${
+        (performance.now() - started).toFixed(0)
+      } ms`,
+    );
+    return snap.epoch + 1;
+  }
+
+  /** Runs the waiting verify requests at `epoch`, the newest, which the peer has. */
+  async #verify(conn: Connection, epoch: number): Promise<void> {
+    const waiting = this.#verifies.splice(0);
+    const started = performance.now();
+    try {
+      const { hashes } = this.owner.blockHashes();
+      const images = this.owner.images() ?? [];
+      const sizes = images.map((i) => i.size);
+      // Ours first, in this turn: the hashes are live.
+      const ours = snapshotDigests(hashes, sizes, this.owner.blockSize);
+      const differing: DifferingRange[] = [];
+      for (let slot = 0; slot < images.length; slot++) {
+        const theirs = await this.#askRegions(
+          conn,
+          epoch,
+          slot,
+          REGION_BYTES,
+          null,
+          true,
+        );
+        const regions = differingRegions(ours.regions[slot], theirs, null);
+        if (!regions.length) continue;
+        const perRegion = REGION_BYTES / 4096;
+        const pageCount = regionCount(sizes[slot], 4096);
+        const asked: number[] = [];
+        for (const r of regions) {
+          for (let p = r * perRegion; p < (r + 1) * perRegion; p++) {
+            if (p < pageCount) asked.push(p);
+          }
+        }
+        const list = Uint32Array.from(asked);
+        const pages = differingRegions(
+          ours.pages[slot],
+          await this.#askRegions(conn, epoch, slot, 4096, list, true),
+          list,
+        );
+        for (const p of pages) {
+          const offset = p * 4096;
+          const bytes = Math.min(4096, sizes[slot] - offset);
+          const last = differing[differing.length - 1];
+          if (
+            last && last.image === images[slot].id &&
+            last.offset + last.bytes === offset
+          ) last.bytes += bytes;
+          else differing.push({ image: images[slot].id, offset, bytes });
+        }
+      }
+      const result: VerifyResult = {
+        url: this.url,
+        epoch,
+        bytes: sizes.reduce((a, b) => a + b, 0),
+        differing,
+        outOfSyncBytes: differing.reduce((n, d) => n + d.bytes, 0),
+        ms: performance.now() - started,
+      };
+      this.lastVerify = result;
+      for (const v of waiting) v.resolve(result);
+    } catch (e) {
+      for (const v of waiting) v.reject(e as Error);
+      throw e;
     }
   }
 

@@ -20,6 +20,7 @@ import { AckLevel, type ImageDigestInfo } from "./protocol.ts";
 import { imageDigestInfo } from "./_upstream.ts";
 import { RetainedLog } from "./retained_log.ts";
 import { type LinkOwner, PeerLink, type PeerLinkOptions } from "./peer_link.ts";
+import { verifyPeers, type VerifyReport } from "./verify.ts";
 import type { BaseSnapshot } from "./base_sync.ts";
 import type { Zstd } from "./compress/zstd.ts";
 import { SampleWindow } from "./_window.ts";
@@ -379,6 +380,13 @@ export class Primary implements LinkOwner {
     return this.source.images.map((s) => ({ id: s.id, size: s.size }));
   }
 
+  blockHashes(): { epoch: number; hashes: Uint32Array[] } {
+    return {
+      epoch: this.encoder.epoch,
+      hashes: this.encoder.images.map((i) => i.hashes),
+    };
+  }
+
   snapshot(): BaseSnapshot {
     return {
       epoch: this.encoder.epoch,
@@ -439,6 +447,25 @@ export class Primary implements LinkOwner {
       peers: this.links.map((l) => l.status()),
       ...(this.source.held ? { held: this.source.held.status() } : {}),
     };
+  }
+
+  /** Online verify of every peer; `repair` rejoins the ones that differ (`verify.ts`). */
+  async verify(options: { repair: boolean }): Promise<VerifyReport> {
+    const report = await verifyPeers(this.links, options);
+    for (const p of report.peers) {
+      this.#note(
+        "error" in p
+          ? `verify: peer ${p.url}: ${p.error}`
+          : `verify: peer ${p.url} at epoch ${p.epoch}: ${p.outOfSyncBytes} bytes out of sync in ${p.differing.length} ranges (${
+            p.gbPerSecond.toFixed(2)
+          } GB/s)${
+            p.repaired
+              ? `; repaired, now ${p.repaired.outOfSyncBytes} bytes out of sync`
+              : ""
+          }`,
+      );
+    }
+    return report;
   }
 
   /** Stops the loop and the links; in-flight checkpoints stay uncommitted. */

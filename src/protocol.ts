@@ -20,7 +20,15 @@
  *     then either frames from STATE.epoch + 1 (catch-up from the retained log),
  *     or      BASE {epoch, slot, offset, size, data}…  BASE_END {epoch, images}
  *             then frames from BASE_END.epoch + 1
+ *     or      REJOIN {epoch}, then per image: REGION_QUERY {epoch, slot, unit,
+ *             regions, rehash} answered by REGION_DIGESTS {epoch, slot, unit,
+ *             digests} (64 KiB regions, then the pages of those that differ),
+ *             then BASE only for the pages that differ, BASE_END {epoch, images}:
+ *             a base sync over what the downstream already holds (`rejoin.ts`)
  *     ACK    {epoch, level}                            downstream → upstream, any time
+ *     REGION_QUERY / REGION_DIGESTS                    any time after the handshake, with
+ *                                                      rehash: online verify of what the
+ *                                                      downstream stores, at `epoch`
  *     PING   {}                                        upstream → downstream, any time
  *     PONG   {}                                        downstream → upstream: answers a
  *                                                      PING, and is sent unasked at most
@@ -42,7 +50,7 @@ import { Unpackr } from "msgpackr/unpack";
 /** Control message magic. */
 export const CONTROL_MAGIC = "PWC";
 /** Control protocol version this build speaks. */
-export const CONTROL_VERSION = 4;
+export const CONTROL_VERSION = 5;
 
 /** How far a peer has taken an epoch; higher levels imply the lower ones. */
 export const AckLevel = { received: 0, applied: 1, durable: 2 } as const;
@@ -146,6 +154,46 @@ export interface BaseEnd {
   images: ImageDigestInfo[];
 }
 
+/**
+ * The BASE messages that follow, up to BASE_END, are a base sync of `epoch`
+ * over the images the downstream holds now: it copies them and overwrites
+ * only the ranges sent (rejoin by block hashes).
+ */
+export interface Rejoin {
+  type: "rejoin";
+  epoch: number;
+}
+
+/** Smallest and largest region a REGION_QUERY may name. */
+export const MIN_REGION_UNIT = 4096;
+/** Largest region a REGION_QUERY may name. */
+export const MAX_REGION_UNIT = 1 << 30;
+
+/**
+ * Upstream asks for the digests of regions of one image: `regions` are u32
+ * region numbers (little-endian; empty: every region) of `unit` bytes each.
+ * With `rehash`, the downstream hashes the bytes it stores again rather
+ * than answering from the block hashes it keeps (online verify), once what
+ * it applied up to `epoch` is in its store.
+ */
+export interface RegionQuery {
+  type: "region_query";
+  epoch: number;
+  slot: number;
+  unit: number;
+  regions: Uint8Array;
+  rehash: boolean;
+}
+
+/** The answer to a REGION_QUERY: two u32 (little-endian) per region asked, at the downstream's `epoch`. */
+export interface RegionDigests {
+  type: "region_digests";
+  epoch: number;
+  slot: number;
+  unit: number;
+  digests: Uint8Array;
+}
+
 /** Downstream took `epoch` (and every earlier one) to `level`. */
 export interface Ack {
   type: "ack";
@@ -177,6 +225,9 @@ export type ControlMessage =
   | State
   | Base
   | BaseEnd
+  | Rejoin
+  | RegionQuery
+  | RegionDigests
   | Ack
   | Ping
   | Pong
@@ -193,6 +244,9 @@ const TYPE_CODES = {
   pong: 8,
   challenge: 9,
   proof: 10,
+  rejoin: 11,
+  region_query: 12,
+  region_digests: 13,
 } as const;
 const TYPE_NAMES = Object.fromEntries(
   Object.entries(TYPE_CODES).map(([k, v]) => [v, k]),
@@ -304,7 +358,7 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
   const type = typeof code === "number" ? TYPE_NAMES[code] : undefined;
   need(
     type !== undefined,
-    `unknown control message type ${code}, expected 1..10`,
+    `unknown control message type ${code}, expected 1..13`,
   );
   need(
     typeof body === "object" && body !== null,
@@ -352,6 +406,25 @@ export function decodeControl(bytes: Uint8Array): ControlMessage {
     case "base_end":
       need(isUint(b.epoch), "base_end needs an epoch");
       checkImages(b.images, true, "base_end");
+      break;
+    case "rejoin":
+      need(isUint(b.epoch), "rejoin needs an epoch");
+      break;
+    case "region_query":
+      need(
+        isUint(b.epoch) && isUint(b.slot) && isUint(b.unit) &&
+          b.unit >= MIN_REGION_UNIT && b.unit <= MAX_REGION_UNIT &&
+          (b.unit & (b.unit - 1)) === 0 && b.regions instanceof Uint8Array &&
+          b.regions.length % 4 === 0 && typeof b.rehash === "boolean",
+        `region_query needs epoch, slot, a power-of-two unit from ${MIN_REGION_UNIT} to ${MAX_REGION_UNIT} bytes, regions (u32 list) and rehash`,
+      );
+      break;
+    case "region_digests":
+      need(
+        isUint(b.epoch) && isUint(b.slot) && isUint(b.unit) &&
+          b.digests instanceof Uint8Array && b.digests.length % 8 === 0,
+        "region_digests needs epoch, slot, unit and digests (8 bytes each)",
+      );
       break;
     case "ack":
       need(

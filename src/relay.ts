@@ -158,6 +158,11 @@ export class Relay implements LinkOwner, ReplicaHooks {
     return this.#images;
   }
 
+  blockHashes(): { epoch: number; hashes: Uint32Array[] } {
+    const d = this.decoder!;
+    return { epoch: d.epoch, hashes: d.images.map((i) => i.hashes) };
+  }
+
   snapshot(): BaseSnapshot {
     const d = this.decoder!;
     return {

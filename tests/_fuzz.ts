@@ -598,6 +598,9 @@ export function mutateValue(
           "error",
           "challenge",
           "proof",
+          "rejoin",
+          "region_query",
+          "region_digests",
           3,
         ])
         : rng.chance(0.5)
@@ -1455,6 +1458,31 @@ export function fuzzCorpus(): Corpus {
     encodeControl({ type: "error", message: "" }),
     encodeControl({ type: "challenge", nonce: fixtureChallenge() }),
     encodeControl(fixtureProof(FUZZ_PROOF)),
+    // Rejoin by block hashes and verify: the queries a downstream answers.
+    encodeControl({ type: "rejoin", epoch: 6 }),
+    encodeControl({
+      type: "region_query",
+      epoch: 3,
+      slot: 0,
+      unit: 65536,
+      regions: new Uint8Array(0),
+      rehash: false,
+    }),
+    encodeControl({
+      type: "region_query",
+      epoch: 3,
+      slot: 0,
+      unit: 4096,
+      regions: new Uint8Array([1, 0, 0, 0, 3, 0, 0, 0]),
+      rehash: true,
+    }),
+    encodeControl({
+      type: "region_digests",
+      epoch: 3,
+      slot: 0,
+      unit: 65536,
+      digests: new Uint8Array(16),
+    }),
     // Types newer protocol versions add (PING, PONG), where this one has them.
     ...["ping", "pong"].map((type) =>
       encodeControl({ type } as unknown as ControlMessage)
@@ -2309,6 +2337,22 @@ export function controlContract(
           r.signature instanceof Uint8Array && r.signature.length <= 1024
         ? null
         : "proof fields missing, of the wrong type or too long";
+    case "rejoin":
+      return uint(r.epoch) ? null : "rejoin epoch missing";
+    case "region_query": {
+      const unit = r.unit as number;
+      return uint(r.epoch) && uint(r.slot) && uint(unit) && unit >= 4096 &&
+          unit <= 1 << 30 && (unit & (unit - 1)) === 0 &&
+          r.regions instanceof Uint8Array && r.regions.length % 4 === 0 &&
+          typeof r.rehash === "boolean"
+        ? null
+        : "region_query fields missing, of the wrong type or out of bounds";
+    }
+    case "region_digests":
+      return uint(r.epoch) && uint(r.slot) && uint(r.unit) &&
+          r.digests instanceof Uint8Array && r.digests.length % 8 === 0
+        ? null
+        : "region_digests fields missing or of the wrong type";
   }
   return null; // a type with no fields (PING, PONG): its code was checked above
 }

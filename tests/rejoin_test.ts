@@ -1,0 +1,270 @@
+/**
+ * Rejoin by block hashes and online verify, over real sockets with real
+ * stores: a follower whose images left the primary's history gets only the
+ * pages that differ, and verify finds bytes changed in a backup's store
+ * behind its back, and `repair` sends just those.
+ */
+
+import { assert, assertEquals } from "./_assert.ts";
+import { until } from "./_until.ts";
+import { Primary } from "../src/primary.ts";
+import { Backup } from "../src/backup.ts";
+import { openSource } from "../src/open_source.ts";
+import { bytesEqual } from "../src/replay.ts";
+import { BASE_CHUNK_BYTES } from "../src/base_sync.ts";
+import { createZstd } from "../src/compress/zstd.ts";
+import { REGION_BYTES } from "../src/region_digest.ts";
+
+const quiet = () => {};
+const IMAGE_BYTES = 8 << 20;
+
+/** Deterministic incompressible bytes (xorshift32 from `seed`). */
+function noise(bytes: Uint8Array, seed: number): void {
+  const words = new Uint32Array(
+    bytes.buffer,
+    bytes.byteOffset,
+    bytes.length >>> 2,
+  );
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x >>> 0;
+  }
+}
+
+/** Bytes a full base sync of `image` would put on the wire (zstd -1 per chunk). */
+async function baseSyncBytes(image: Uint8Array): Promise<number> {
+  const zstd = await createZstd();
+  let n = 0;
+  for (let o = 0; o < image.length; o += BASE_CHUNK_BYTES) {
+    n += zstd.compress(image.subarray(o, o + BASE_CHUNK_BYTES), { level: 1 })
+      .length;
+  }
+  return n;
+}
+
+async function storeEquals(b: Backup, p: Primary): Promise<boolean> {
+  await until(
+    () => b.store.state?.epoch === p.committed,
+    `store at epoch ${p.committed}`,
+  );
+  for (const image of p.encoder.images) {
+    const stored = await Deno.readFile(`${b.store.dir}/${image.id}.img`);
+    if (!bytesEqual(stored, image.committed.subarray(0, image.size))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/** Overwrites `bytes` of a file at `offset` with other bytes, as damage behind a role's back would. */
+async function scribble(path: string, offset: number, bytes: number) {
+  const f = await Deno.open(path, { write: true });
+  try {
+    const junk = new Uint8Array(bytes);
+    noise(junk, offset + 99);
+    await f.seek(offset, Deno.SeekMode.Start);
+    await f.write(junk);
+  } finally {
+    f.close();
+  }
+}
+
+Deno.test("a backup whose images left the primary's history rejoins by block hashes: under 5% of regions differ, under 10% of a base sync's bytes are sent, and it ends equal", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-rejoin-" });
+  const path = `${dir}/vm`;
+  const image = new Uint8Array(IMAGE_BYTES);
+  noise(image, 1);
+  await Deno.writeFile(path, image);
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/b`,
+    note: quiet,
+  });
+  try {
+    // The first history: two epochs of the file.
+    const p1 = new Primary(await openSource(`file:${path}`), {
+      to: [b.url],
+      intervalMs: null,
+      note: quiet,
+    });
+    p1.start();
+    await p1.checkpoint();
+    await p1.checkpoint();
+    await p1.stop();
+    assertEquals(b.epoch, 2);
+
+    // Another history over the same images: 4 of its 128 regions (3%) have
+    // a page the first history never had.
+    const regions = IMAGE_BYTES / REGION_BYTES;
+    const changed = [5, 40, 77, 120];
+    assert(changed.length / regions < 0.05);
+    for (const r of changed) {
+      noise(
+        image.subarray(r * REGION_BYTES + 8192, r * REGION_BYTES + 12288),
+        r,
+      );
+    }
+    await Deno.writeFile(path, image);
+    const notes: string[] = [];
+    const p2 = new Primary(await openSource(`file:${path}`), {
+      to: [b.url],
+      intervalMs: null,
+      link: { backoffMs: 20, maxBackoffMs: 200 },
+      note: (l) => notes.push(l),
+    });
+    try {
+      // Its epoch 1 is taken before the link connects, so the backup (at
+      // epoch 2 of the other history) is brought to it.
+      const committed = p2.checkpoint();
+      p2.start();
+      await committed;
+      const link = p2.links[0];
+      assertEquals(link.rejoins, 1, "a rejoin, not a base sync");
+      assertEquals(link.baseSyncs, 0);
+      const r = link.lastRejoin!;
+      assertEquals(r.regionsDiffering, changed.length);
+      assertEquals(
+        r.differingBytes,
+        changed.length * 4096,
+        "only the pages that differ",
+      );
+      const full = await baseSyncBytes(image);
+      assert(
+        r.wireBytes < 0.1 * full,
+        `rejoin sent ${r.wireBytes} bytes, a base sync ${full}`,
+      );
+      assert(
+        notes.some((l) =>
+          /rejoined to epoch 1 by block hashes: 4 of 128 regions differed/.test(
+            l,
+          )
+        ),
+        notes.join("\n"),
+      );
+      assert(
+        await storeEquals(b, p2),
+        "the backup's store equals the new history",
+      );
+      // And it follows from there as usual.
+      await p2.checkpoint();
+      assertEquals(b.epoch, 2);
+      assert(await storeEquals(b, p2));
+    } finally {
+      await p2.stop();
+    }
+  } finally {
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a backup whose images differ in most regions gets them whole, and still ends equal", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-rejoin-" });
+  const path = `${dir}/vm`;
+  const image = new Uint8Array(1 << 20);
+  noise(image, 3);
+  await Deno.writeFile(path, image);
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/b`,
+    note: quiet,
+  });
+  try {
+    const p1 = new Primary(await openSource(`file:${path}`), {
+      to: [b.url],
+      intervalMs: null,
+      note: quiet,
+    });
+    p1.start();
+    await p1.checkpoint();
+    await p1.stop();
+    noise(image, 4);
+    await Deno.writeFile(path, image);
+    const p2 = new Primary(await openSource(`file:${path}`), {
+      to: [b.url],
+      intervalMs: null,
+      note: quiet,
+    });
+    try {
+      const committed = p2.checkpoint();
+      p2.start();
+      await committed;
+      const r = p2.links[0].lastRejoin!;
+      assertEquals(r.wholeImages, 1);
+      assertEquals(r.differingBytes, image.length);
+      assert(await storeEquals(b, p2));
+    } finally {
+      await p2.stop();
+    }
+  } finally {
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("verify finds a page changed in a backup's store behind its back, names it, and repair sends just it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pw-verify-" });
+  const path = `${dir}/vm`;
+  const image = new Uint8Array(IMAGE_BYTES);
+  noise(image, 5);
+  await Deno.writeFile(path, image);
+  const b = await Backup.open({
+    listen: "tcp://127.0.0.1:0",
+    store: `${dir}/b`,
+    note: quiet,
+  });
+  const p = new Primary(await openSource(`file:${path}`), {
+    to: [b.url],
+    intervalMs: null,
+    note: quiet,
+  });
+  try {
+    p.start();
+    await p.checkpoint();
+    await p.checkpoint();
+    const clean = await p.verify({ repair: false });
+    const first = clean.peers[0];
+    assert(!("error" in first), JSON.stringify(first));
+    assertEquals(first.outOfSyncBytes, 0);
+    assertEquals(first.bytes, IMAGE_BYTES);
+    assertEquals(first.epoch, 2);
+
+    await until(() => b.store.state?.epoch === 2, "store at epoch 2");
+    await scribble(`${b.store.dir}/vm.img`, 3 * (1 << 20) + 4096 * 7, 100);
+    const found = await p.verify({ repair: false });
+    const peer = found.peers[0];
+    assert(!("error" in peer), JSON.stringify(peer));
+    assertEquals(peer.outOfSyncBytes, 4096);
+    assertEquals(peer.differing, [{
+      image: "vm",
+      offset: 3 * (1 << 20) + 4096 * 7,
+      bytes: 4096,
+    }]);
+    assertEquals(p.status().peers, [
+      {
+        ...(p.status().peers as Record<string, unknown>[])[0],
+        outOfSyncBytes: 4096,
+      },
+    ]);
+
+    const fixed = await p.verify({ repair: true });
+    const after = fixed.peers[0];
+    assert(!("error" in after) && after.repaired, JSON.stringify(after));
+    assertEquals(after.repaired!.outOfSyncBytes, 0);
+    assertEquals(
+      p.links[0].lastRejoin!.differingBytes,
+      4096,
+      "repair sent one page",
+    );
+    assert(await storeEquals(b, p), "the store is whole again");
+    await p.checkpoint();
+    assertEquals(b.epoch, p.committed);
+  } finally {
+    await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
