@@ -76,6 +76,8 @@ URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH,
                     epoch 0: after resume brought a guest back on this host,
                     the backups that hold that checkpoint continue from it
                     incrementally (the sources must give the store's images)
+  --verify-every S  online verify of every peer each S seconds (as POST
+                    /verify; exported as patchwire_out_of_sync_bytes{peer})
 ${CLUSTER_HELP}
                     A primary takes the cluster's leader key with the next term
                     at start, and stops if another node holds it.
@@ -93,6 +95,7 @@ await runMain(USAGE, async () => {
     "max-in-flight",
     "epochs",
     "from-store",
+    "verify-every",
     ...COMMON_VALUED,
     ...CLUSTER_VALUED,
   ], ["help"]);
@@ -121,6 +124,9 @@ await runMain(USAGE, async () => {
   const logBytes = last(args, "log-bytes")
     ? intOption(last(args, "log-bytes")!, "log-bytes", 1)
     : undefined;
+  const verifyEvery = last(args, "verify-every")
+    ? intOption(last(args, "verify-every")!, "verify-every", 1)
+    : null;
   const transport = transportOptions(args);
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
@@ -207,7 +213,17 @@ await runMain(USAGE, async () => {
     );
     if (count >= epochs) done();
   });
+  // Periodic online verify; one at a time.
+  let verifying = false;
+  const verifyTimer = verifyEvery === null ? null : setInterval(() => {
+    if (verifying) return;
+    verifying = true;
+    p.verify({ repair: false }).catch((e) =>
+      console.error(`primary: verify: ${(e as Error).message}`)
+    ).finally(() => verifying = false);
+  }, verifyEvery * 1000);
   const stop = async () => {
+    if (verifyTimer !== null) clearInterval(verifyTimer);
     await p.stop();
     // Only then the leader key goes: nothing more will be committed.
     await lease?.stop();
