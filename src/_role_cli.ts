@@ -357,7 +357,7 @@ export async function serveControl(
 }
 
 /** Runs `stop` on SIGINT/SIGTERM, then exits. */
-export function onSignal(stop: () => Promise<void>): void {
+export function onSignal(stop: () => Promise<void>): () => void {
   let stopping = false;
   const handler = async () => {
     if (stopping) Deno.exit(130);
@@ -371,4 +371,9 @@ export function onSignal(stop: () => Promise<void>): void {
   };
   Deno.addSignalListener("SIGINT", handler);
   Deno.addSignalListener("SIGTERM", handler);
+  // Removes the handlers: a primary that becomes a follower hands them on.
+  return () => {
+    Deno.removeSignalListener("SIGINT", handler);
+    Deno.removeSignalListener("SIGTERM", handler);
+  };
 }

@@ -61,6 +61,13 @@ export interface MemberRecord {
   storedEpoch: number;
   /** Whether it may be elected (`--candidate`). */
   candidate: boolean;
+  /**
+   * Whether it asks the cluster's primary to send to it (`--follow-leader`):
+   * a former primary rejoining as a follower, or a backup added to a
+   * running cluster. The primary adds it to its peers
+   * ({@linkcode watchFollowers}).
+   */
+  followLeader?: boolean;
 }
 
 /** Where a cluster's keys are. */
@@ -175,6 +182,9 @@ export class LeaderLease {
   alive = true;
   /** Set once a newer term was seen: this node is no longer the primary. */
   supersededBy: LeaderRecord | number | null = null;
+  /** Resolves once a newer term was seen (with the new leader, or the term). */
+  readonly superseded: Promise<LeaderRecord | number>;
+  #superseded!: (by: LeaderRecord | number) => void;
   #lease: string;
   #lastConfirmed: number;
   #stopped = false;
@@ -196,6 +206,7 @@ export class LeaderLease {
     this.#lease = lease;
     this.#lastConfirmed = sentAt;
     this.#note = options.note ?? ((l) => console.error(l));
+    this.superseded = new Promise((r) => this.#superseded = r);
   }
 
   /** etcd's TTL for a lease of `ms`: whole seconds, at least 1. */
@@ -311,6 +322,7 @@ export class LeaderLease {
           now.leader ? ` with ${now.leader.name} as primary` : ""
         }: this node's term ${this.term} is over (fenced for good)`,
       );
+      this.#superseded(this.supersededBy);
       return;
     }
     if (now.leader) return; // ours, from a lease about to go: wait
@@ -549,6 +561,59 @@ export function publishMember(
       await loop;
       await chain;
       if (lease) await etcd.revoke(lease).catch(() => {});
+    },
+  };
+}
+
+/** What {@linkcode watchFollowers} adds followers to: a primary. */
+export interface FollowerTarget {
+  /** Starts sending to `url` if it is not a peer yet; true if it was added. */
+  addPeer(url: string): boolean;
+}
+
+/**
+ * The primary's side of `--follow-leader`: every `everyMs`, reads the
+ * member records and adds each follower that asks the primary to send to
+ * it (a former primary rejoining, a backup added to the cluster) to the
+ * primary's peers. Records that are not ours are skipped; an etcd that
+ * cannot be read is tried again next round.
+ */
+export function watchFollowers(
+  etcd: EtcdClient,
+  options: { cluster: string; name: string; everyMs: number },
+  primary: FollowerTarget,
+  note: (line: string) => void = () => {},
+): { stop: () => Promise<void> } {
+  let stopped = false;
+  let wake: (() => void) | null = null;
+  const loop = (async () => {
+    while (!stopped) {
+      try {
+        for (const m of await readMembers(etcd, options.cluster)) {
+          if (!m.followLeader || m.name === options.name) continue;
+          if (primary.addPeer(m.listen)) {
+            note(
+              `follower ${m.name} asks this primary for its epochs: sending to ${m.listen}`,
+            );
+          }
+        }
+      } catch {
+        // etcd unreachable: next round
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, options.everyMs);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+    }
+  })();
+  return {
+    stop: async () => {
+      stopped = true;
+      wake?.();
+      await loop;
     },
   };
 }

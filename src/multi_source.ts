@@ -63,6 +63,10 @@ export class MultiSource implements Source {
     return { pauseMs, dirtyPages, lengths };
   }
 
+  async halt(): Promise<void> {
+    for (const p of this.parts) await p.halt?.();
+  }
+
   async close(): Promise<void> {
     for (const p of this.parts) await p.close();
   }

@@ -177,8 +177,25 @@ export class Primary implements LinkOwner {
     this.links = options.to.map((url) => new PeerLink(url, this, options.link));
   }
 
+  #started = false;
+
+  /**
+   * Starts sending to one more peer (a follower that asked for this
+   * primary's epochs); false if it is a peer already. It is brought up to
+   * date like any peer: catch-up, rejoin by block hashes or base sync. The
+   * ack policy counts it from then on.
+   */
+  addPeer(url: string): boolean {
+    if (this.links.some((l) => l.url === url)) return false;
+    const link = new PeerLink(url, this, this.options.link);
+    this.links.push(link);
+    if (this.#started && !this.#stopped) link.start();
+    return true;
+  }
+
   /** Starts the links and, with an interval, the epoch loop. */
   start(): void {
+    this.#started = true;
     for (const l of this.links) l.start();
     const interval = this.options.intervalMs === undefined
       ? 1000

@@ -565,6 +565,16 @@ export class ProcSource implements Source {
     image.fill(0, bytes.length);
   }
 
+  /** Stops the process (SIGSTOP) for good: a newer primary runs its workload. */
+  halt(): Promise<void> {
+    try {
+      this.process.signal("SIGSTOP");
+    } catch {
+      // already gone
+    }
+    return Promise.resolve();
+  }
+
   close(): Promise<void> {
     return Promise.resolve();
   }

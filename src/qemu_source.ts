@@ -520,6 +520,11 @@ export class QemuSource implements Source {
     else readFileInto(this.#mem, buf);
   }
 
+  /** Pauses the guest for good; its held output stays held (see `qemu_output_hold.ts`). */
+  async halt(): Promise<void> {
+    if (!this.#closed) await this.#qmp.execute("stop");
+  }
+
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;

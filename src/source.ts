@@ -64,6 +64,14 @@ export interface Source {
   readonly held?: HeldOutput;
   /** Something the operator should know about what is replicated; the role prints it at start. */
   readonly notice?: string;
+  /**
+   * Optional: stops the workload for good, because this node is no longer
+   * the primary (a newer term exists) and nothing it does may reach the
+   * outside world: a QEMU guest is paused, with its held output never
+   * released; a process is stopped. Sources without a workload of their
+   * own (files, recordings) have nothing to stop.
+   */
+  halt?(): Promise<void>;
   close(): Promise<void>;
 }
 

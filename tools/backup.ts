@@ -33,6 +33,7 @@ import {
   publishMember,
   readLeader,
   readMembers,
+  watchFollowers,
 } from "../src/cluster.ts";
 import type { Primary } from "../src/primary.ts";
 import {
@@ -71,6 +72,11 @@ and use deno task resume.
                      that surely holds every epoch the old primary may have
                      reported committed becomes primary with the next term
                      and sends to the old primary's other peers
+  --follow-leader    (with --etcd) ask the cluster's primary to send to this
+                     backup: it adds it to its peers and brings it up to
+                     date (by block hashes where it holds something); how a
+                     former primary rejoins, or a backup joins a running
+                     cluster
   --to URL[,URL...]  peers for --promote
   --ack, --ack-level, --interval MS|manual, --level fast|max: as for the primary
 ${DOWNSTREAM_HELP}
@@ -168,8 +174,13 @@ function resumeOptions(v: unknown): PromoteResume {
   return r as PromoteResume;
 }
 
-await runMain(USAGE, async () => {
-  const args = parseArgs(Deno.args, [
+/**
+ * Runs a backup from its command-line arguments; returns once it is
+ * serving (it runs until a signal). A primary that a newer term replaced
+ * becomes a follower through this.
+ */
+export async function runBackup(argv: string[]): Promise<void> {
+  const args = parseArgs(argv, [
     "listen",
     "store",
     "to",
@@ -180,7 +191,7 @@ await runMain(USAGE, async () => {
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
     ...CLUSTER_VALUED,
-  ], ["help", "promote", "candidate"]);
+  ], ["help", "promote", "candidate", "follow-leader"]);
   if (args.options.has("help")) {
     console.log(USAGE);
     return;
@@ -219,6 +230,7 @@ await runMain(USAGE, async () => {
   let backup: Backup | null = null;
   let following: ReturnType<typeof followCluster> | null = null;
   let lease: LeaderLease | null = null;
+  let followers: { stop: () => Promise<void> } | null = null;
   /** Promotes; in a cluster, only with the leader key and the next term. */
   const promote = async (options: PromoteOptions): Promise<Primary> => {
     const b = backup!;
@@ -252,6 +264,16 @@ await runMain(USAGE, async () => {
       p.cluster = { cluster: clustered.cluster, name: clustered.name };
       won.start(p);
       lease = won;
+      followers = watchFollowers(
+        etcd,
+        {
+          cluster: clustered.cluster,
+          name: clustered.name,
+          everyMs: clustered.leaseMs / 3,
+        },
+        p,
+        (l) => console.error(`backup: ${l}`),
+      );
       await following?.stop();
       console.error(
         `backup: leader of cluster ${clustered.cluster} as ${clustered.name}, term ${won.term}`,
@@ -307,6 +329,10 @@ await runMain(USAGE, async () => {
   if (candidate && !clustered) {
     throw new UsageError("--candidate needs --etcd, --cluster and --name");
   }
+  const followLeader = args.options.has("follow-leader");
+  if (followLeader && !clustered) {
+    throw new UsageError("--follow-leader needs --etcd, --cluster and --name");
+  }
   // Every backup of a cluster publishes what it holds; candidates use it
   // to elect the one that surely holds every committed epoch.
   const member = etcd && clustered
@@ -318,6 +344,7 @@ await runMain(USAGE, async () => {
       epoch: b.epoch,
       storedEpoch: b.store.state?.epoch ?? 0,
       candidate,
+      ...(followLeader ? { followLeader: true } : {}),
     }))
     : null;
   let electing = false;
@@ -414,6 +441,7 @@ await runMain(USAGE, async () => {
     p.onCommit((r) => console.log(`epoch ${r.epoch} committed`));
   }
   onSignal(async () => {
+    await followers?.stop();
     await following?.stop();
     await member?.stop();
     await b.close();
@@ -421,4 +449,6 @@ await runMain(USAGE, async () => {
     await lease?.stop();
     await server?.close();
   });
-});
+}
+
+if (import.meta.main) await runMain(USAGE, () => runBackup(Deno.args));

@@ -13,6 +13,7 @@ import {
 } from "../src/_cli.ts";
 import {
   ackPolicy,
+  checkUrl,
   CLUSTER_HELP,
   CLUSTER_VALUED,
   clusterOptions,
@@ -27,13 +28,19 @@ import {
   serveControl,
   transportOptions,
 } from "../src/_role_cli.ts";
+import { runBackup } from "./backup.ts";
+import { BackupStore } from "../src/backup_store.ts";
 import { parseLevel } from "../src/level.ts";
 import { openSources } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
 import { type CheckpointSeed, checkpointSeed } from "../src/resume.ts";
 import { EtcdClient } from "../src/etcd.ts";
-import { LeaderLease } from "../src/cluster.ts";
+import {
+  LeaderLease,
+  type LeaderRecord,
+  watchFollowers,
+} from "../src/cluster.ts";
 
 const USAGE =
   `usage: deno task primary --source SOURCE [--source SOURCE...] --to URL[,URL...]
@@ -76,6 +83,12 @@ URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH,
                     epoch 0: after resume brought a guest back on this host,
                     the backups that hold that checkpoint continue from it
                     incrementally (the sources must give the store's images)
+  --listen URL      (in a cluster) where this node accepts its upstream once a
+  --store DIR       newer term replaced it: it stops its sources (a qemu:
+                    guest is paused, its held output never released), stores
+                    the images it last encoded in DIR, and follows the new
+                    primary as a backup (--follow-leader), which brings it
+                    up to date by block hashes. Without them it stops.
   --verify-every S  online verify of every peer each S seconds (as POST
                     /verify; exported as patchwire_out_of_sync_bytes{peer})
 ${CLUSTER_HELP}
@@ -96,6 +109,8 @@ await runMain(USAGE, async () => {
     "epochs",
     "from-store",
     "verify-every",
+    "listen",
+    "store",
     ...COMMON_VALUED,
     ...CLUSTER_VALUED,
   ], ["help"]);
@@ -131,6 +146,22 @@ await runMain(USAGE, async () => {
   const auth = await peerAuth(args, transport);
   const link = linkOptions(args, transport);
   const clustered = clusterOptions(args);
+  const followText = last(args, "listen");
+  const followStore = last(args, "store");
+  if ((followText || followStore) && !clustered) {
+    throw new UsageError(
+      "--listen and --store are for a primary in a cluster (--etcd, --cluster, --name): where it follows once a newer term replaced it",
+    );
+  }
+  if (!followText !== !followStore) {
+    throw new UsageError("--listen and --store go together");
+  }
+  const followListen = followText
+    ? checkUrl(followText, "--listen", {
+      listen: true,
+      hasCert: args.options.has("cert"),
+    })
+    : undefined;
   // The leader key first: a node that may not be primary touches no source.
   let lease: LeaderLease | null = null;
   if (clustered) {
@@ -222,19 +253,105 @@ await runMain(USAGE, async () => {
       console.error(`primary: verify: ${(e as Error).message}`)
     ).finally(() => verifying = false);
   }, verifyEvery * 1000);
+  let followers: { stop: () => Promise<void> } | null = null;
   const stop = async () => {
     if (verifyTimer !== null) clearInterval(verifyTimer);
+    await followers?.stop();
     await p.stop();
     // Only then the leader key goes: nothing more will be committed.
     await lease?.stop();
     await server?.close();
   };
-  onSignal(stop);
+  const unhandle = onSignal(stop);
   p.start();
+  let follows: Promise<void> | null = null;
   if (lease && clustered) {
     p.cluster = { cluster: clustered.cluster, name: clustered.name };
     lease.start(p);
+    followers = watchFollowers(
+      lease.etcd,
+      {
+        cluster: clustered.cluster,
+        name: clustered.name,
+        everyMs: clustered.leaseMs / 3,
+      },
+      p,
+      (l) => console.error(`primary: ${l}`),
+    );
+    const leased = lease;
+    /** A newer term replaced this primary: follow it, or stop. */
+    const replaced = async (by: LeaderRecord | number) => {
+      const who = typeof by === "number"
+        ? `term ${by}`
+        : `${by.name} (term ${by.term})`;
+      if (!followListen || !followStore) {
+        console.error(
+          `primary: replaced by ${who}; without --listen and --store this node cannot follow: stopping`,
+        );
+        await source.halt?.();
+        await stop();
+        Deno.exit(1);
+      }
+      // Nothing this node does may reach the world any more.
+      await source.halt?.();
+      const final = p.snapshot();
+      unhandle();
+      if (verifyTimer !== null) clearInterval(verifyTimer);
+      await followers?.stop();
+      await p.stop();
+      await leased.stop(false);
+      await server?.close();
+      // Its store starts from the images it last encoded: the new primary
+      // compares them by block hashes and sends what differs.
+      const store = BackupStore.open(followStore);
+      try {
+        store.replaceAll(
+          { epoch: final.epoch, images: final.images },
+          final.contents,
+          true,
+        );
+      } finally {
+        store.close();
+      }
+      console.error(
+        `primary: replaced by ${who}: following it as a backup on ${followListen} from epoch ${final.epoch}, the last this node encoded (store ${followStore})`,
+      );
+      const pass = (flag: string) => {
+        const value = last(args, flag);
+        return value === undefined ? [] : [`--${flag}`, value];
+      };
+      await runBackup([
+        "--listen",
+        followListen,
+        "--store",
+        followStore,
+        "--etcd",
+        clustered.etcd.join(","),
+        "--cluster",
+        clustered.cluster,
+        "--name",
+        clustered.name,
+        "--lease-ms",
+        String(clustered.leaseMs),
+        "--follow-leader",
+        ...[
+          "http",
+          "token-file",
+          "cert",
+          "key",
+          "ca",
+          "max-frame-bytes",
+          "peer-timeout-ms",
+        ].flatMap(pass),
+      ]);
+    };
+    follows = leased.superseded.then(replaced);
   }
-  await finished;
-  await stop();
+  // Until --epochs are committed (then stop), or for good once this node
+  // follows a newer primary as a backup.
+  const outcome = await Promise.race([
+    finished.then(() => "finished"),
+    follows ? follows.then(() => "following") : new Promise<string>(() => {}),
+  ]);
+  if (outcome === "finished") await stop();
 });
