@@ -204,6 +204,13 @@ export class UpstreamServer {
   /** Connections whose HELLO is being checked. */
   #admitting = new Set<Connection>();
   #takeover: Promise<void> = Promise.resolve();
+  /**
+   * Connections closed and still lingering (waiting for the peer to end its
+   * side, up to the transport's linger): nothing of theirs reaches the
+   * replica any more, so a takeover or a promotion does not wait for a
+   * paused or cut-off peer; {@linkcode UpstreamServer.close} does.
+   */
+  #lingering = new Set<Promise<void>>();
   #run: Promise<void> | null = null;
   #closed = false;
   /** Whether upstreams must prove a client certificate (a TLS listener with a CA). */
@@ -280,15 +287,28 @@ export class UpstreamServer {
     }
   }
 
-  /** Stops accepting and drops the upstream. */
-  async close(): Promise<void> {
+  /**
+   * Stops accepting and drops the upstream. With `linger` false it returns
+   * once nothing more is taken from the upstream, without waiting for its
+   * connection to finish closing (a promotion must not wait on a paused
+   * primary); a later close() waits for it.
+   */
+  async close(linger = true): Promise<void> {
     this.#closed = true;
     await this.listener.close();
     await Promise.all([...this.#admitting].map((c) => c.close()));
-    await this.#conn?.close();
+    if (this.#conn) this.#release(this.#conn);
     await this.#session;
     await this.#run;
     await this.#takeover;
+    if (linger) await Promise.all(this.#lingering);
+  }
+
+  /** Closes `conn` without waiting for its linger (see {@linkcode UpstreamServer.close}). */
+  #release(conn: Connection): void {
+    const closing = conn.close().catch(() => {});
+    this.#lingering.add(closing);
+    closing.finally(() => this.#lingering.delete(closing));
   }
 
   async #accept(): Promise<void> {
@@ -352,7 +372,7 @@ export class UpstreamServer {
         this.hooks.note(
           `upstream ${conn.remote} connected: replacing ${this.remote}`,
         );
-        await this.#conn.close();
+        this.#release(this.#conn);
         await this.#session;
       }
       if (admitted.hello.term < this.term) {
@@ -681,7 +701,7 @@ export class UpstreamServer {
       // Whole epochs already forwarded still become the replica, before a
       // next session reads its epoch.
       await decodes;
-      await conn.close();
+      this.#release(conn);
     }
   }
 
@@ -777,6 +797,6 @@ export class UpstreamServer {
         // already broken
       }
     }
-    await conn.close();
+    this.#release(conn);
   }
 }

@@ -637,7 +637,7 @@ export class Backup implements ReplicaHooks {
       // The new primary would run on the store's files.
       throw new Error(`cannot promote: ${this.#storeFailure.error}`);
     }
-    await this.upstream.close();
+    await this.upstream.close(false);
     this.#flush(decoder);
     this.store.sync();
     let source: Source;
@@ -706,7 +706,7 @@ export class Backup implements ReplicaHooks {
   /** Stops; the store is left at the last applied epoch. */
   async close(): Promise<void> {
     await this.promoted?.stop();
-    if (!this.promoted) await this.upstream.close();
+    await this.upstream.close();
     try {
       if (!this.#storeFailure) this.#flush();
     } finally {

@@ -243,7 +243,7 @@ export async function runBackup(argv: string[]): Promise<void> {
     }
     // Stop taking epochs first (closing a link to a paused or cut-off
     // primary can take seconds), so the lease is fresh when the primary starts.
-    await b.upstream.close();
+    await b.upstream.close(false);
     const policy = formatAckPolicy(options.ack!).split("/");
     const won = await LeaderLease.acquire(etcd, {
       cluster: clustered.cluster,
