@@ -13,6 +13,8 @@ const ROOT = new URL("..", import.meta.url).pathname;
 export class RoleProcess {
   readonly child: Deno.ChildProcess;
   readonly lines: string[] = [];
+  /** When each line arrived (performance.now()), by index. */
+  readonly times: number[] = [];
   readonly done: Promise<Deno.CommandStatus>;
   exited = false;
 
@@ -41,10 +43,14 @@ export class RoleProcess {
         let nl;
         while ((nl = buf.indexOf("\n")) >= 0) {
           this.lines.push(buf.slice(0, nl));
+          this.times.push(performance.now());
           buf = buf.slice(nl + 1);
         }
       }
-      if (buf) this.lines.push(buf);
+      if (buf) {
+        this.lines.push(buf);
+        this.times.push(performance.now());
+      }
     };
     const readers = Promise.all([
       read(this.child.stdout),
@@ -75,6 +81,12 @@ export class RoleProcess {
       }
       await new Promise((r) => setTimeout(r, 10));
     }
+  }
+
+  /** When the first line matching `re` arrived (performance.now()), or null. */
+  timeOf(re: RegExp): number | null {
+    const i = this.lines.findIndex((l) => re.test(l));
+    return i < 0 ? null : this.times[i];
   }
 
   /** Epochs a primary reported committed (`epoch N committed` lines). */
