@@ -89,6 +89,18 @@ interface GuestImages {
   machine: StoredImage & { slot: number };
 }
 
+/**
+ * True if a store's images include a guest that can be resumed: a RAM
+ * image `ID` with its device state `ID.state` and machine `ID.machine`
+ * beside it (a `qemu:` primary's checkpoints). An elected backup resumes it.
+ */
+export function holdsGuest(images: { id: string }[]): boolean {
+  const ids = new Set(images.map((i) => i.id));
+  return images.some((i) =>
+    ids.has(`${i.id}.state`) && ids.has(`${i.id}.machine`)
+  );
+}
+
 function findGuest(
   images: StoredImage[],
   want: string | undefined,

@@ -226,6 +226,11 @@ Deno.test("cluster roles: after kill -9 of the primary, the most advanced candid
         "--candidate",
         "--interval",
         "100",
+        // What an operator's workload starter sees once this node is primary.
+        "--on-promote",
+        `echo "term $PATCHWIRE_TERM epoch $PATCHWIRE_EPOCH store $PATCHWIRE_STORE" > ${dir}/promoted-${
+          names[i]
+        }`,
       ]);
       roles.push(r);
       await r.waitLine(/listening on/);
@@ -280,6 +285,25 @@ Deno.test("cluster roles: after kill -9 of the primary, the most advanced candid
       roles[winner].lines.some((l) => /elected in \d+ ms/.test(l)),
       roles[winner].tail(),
     );
+    // --on-promote ran on the winner alone, told the term and epoch.
+    await roles[winner].waitLine(/--on-promote exited with code 0/);
+    const said = await Deno.readTextFile(`${dir}/promoted-${names[winner]}`);
+    assert(
+      new RegExp(`^term 2 epoch \\d+ store ${dir}/${names[winner]}\n$`).test(
+        said,
+      ),
+      said,
+    );
+    for (let i = 0; i < names.length; i++) {
+      if (i === winner) continue;
+      assert(
+        !await Deno.stat(`${dir}/promoted-${names[i]}`).then(
+          () => true,
+          () => false,
+        ),
+        `${names[i]} ran --on-promote but was not elected`,
+      );
+    }
     // Exactly one primary.
     const rolesNow = await Promise.all(
       https.map(async (h) => (await status(h)).role),

@@ -48,6 +48,7 @@ import {
   parseAckWho,
 } from "../src/ack_policy.ts";
 import { AckLevel } from "../src/protocol.ts";
+import { holdsGuest } from "../src/resume.ts";
 
 const USAGE =
   `usage: deno task backup --listen URL --store DIR [--http HOST:PORT] [options]
@@ -72,6 +73,12 @@ and use deno task resume.
                      that surely holds every epoch the old primary may have
                      reported committed becomes primary with the next term
                      and sends to the old primary's other peers
+  --on-promote CMD   once this backup is primary (elected or promoted), run
+                     sh -c CMD with PATCHWIRE_EPOCH, PATCHWIRE_TERM and
+                     PATCHWIRE_STORE set: where the workload is not a QEMU
+                     guest, this starts it from the store's images (an
+                     elected backup whose store holds a qemu: guest resumes
+                     it itself, with its stored command line)
   --follow-leader    (with --etcd) ask the cluster's primary to send to this
                      backup: it adds it to its peers and brings it up to
                      date (by block hashes where it holds something); how a
@@ -188,6 +195,7 @@ export async function runBackup(argv: string[]): Promise<void> {
     "ack-level",
     "interval",
     "level",
+    "on-promote",
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
     ...CLUSTER_VALUED,
@@ -231,10 +239,34 @@ export async function runBackup(argv: string[]): Promise<void> {
   let following: ReturnType<typeof followCluster> | null = null;
   let lease: LeaderLease | null = null;
   let followers: { stop: () => Promise<void> } | null = null;
+  const onPromote = last(args, "on-promote");
+  /** Runs --on-promote for primary `p`, logging how it ended. */
+  const promoted = (p: Primary) => {
+    if (!onPromote) return;
+    const child = new Deno.Command("sh", {
+      args: ["-c", onPromote],
+      env: {
+        PATCHWIRE_EPOCH: String(p.epoch),
+        PATCHWIRE_TERM: String(p.term),
+        PATCHWIRE_STORE: store,
+      },
+      stdin: "null",
+    }).spawn();
+    console.error(
+      `backup: --on-promote started (pid ${child.pid}): ${onPromote}`,
+    );
+    child.status.then((s) =>
+      console.error(`backup: --on-promote exited with code ${s.code}`)
+    );
+  };
   /** Promotes; in a cluster, only with the leader key and the next term. */
   const promote = async (options: PromoteOptions): Promise<Primary> => {
     const b = backup!;
-    if (!etcd || !clustered) return await b.promote(options);
+    if (!etcd || !clustered) {
+      const p = await b.promote(options);
+      promoted(p);
+      return p;
+    }
     const now = await readLeader(etcd, clustered.cluster);
     if (now.leader) {
       throw new Error(
@@ -261,6 +293,7 @@ export async function runBackup(argv: string[]): Promise<void> {
     }
     try {
       const p = await b.promote({ ...options, term: won.term });
+      promoted(p);
       p.cluster = { cluster: clustered.cluster, name: clustered.name };
       won.start(p);
       lease = won;
@@ -390,8 +423,11 @@ export async function runBackup(argv: string[]): Promise<void> {
         const who = lastLeader?.ack === undefined
           ? fallback.ack!.who
           : parseAckWho(lastLeader.ack);
+        // A guest in the store is resumed, with its stored command line.
+        const guest = holdsGuest(b.store.state?.images ?? []);
         const p = await promote({
           ...fallback,
+          ...(guest ? { resume: {} } : {}),
           to: peers,
           ack: {
             who: who.kind === "quorum"
