@@ -143,8 +143,18 @@ Whatever the ack policy and whatever is killed, at any instant:
   them, if it is a candidate, may take the next term — so the new primary
   holds every committed epoch, to the level the policy promised (under
   \`applied\`, a peer that restarted in between holds only its store, as that
-  level says). Relays publish no record yet: a primary whose peers are relays
-  is not replaced automatically.
+  level says). Relays publish no record: a relay's report is always missing,
+  so a primary is replaced only if N−K+1 of its other peers report.
+- **A replaced primary never acts again.** Once its lease is gone and a newer
+  term exists, a primary halts its sources (a guest paused, its held output
+  never released), and with \`--listen\`/\`--store\` follows the new primary as
+  a backup: it is brought to the new history by block hashes.
+- **A rejoin installs nothing a base sync would not.** Rejoin by block hashes
+  sends only the pages whose digests differ, but the follower copies its
+  images, overwrites those pages and checks every image's whole digest against
+  the sender's before replacing anything, as after a base sync. Online verify
+  (\`POST /verify\`) rehashes what each peer stores; like every digest here it
+  finds damage and divergence, not an attacker.
 - **A backup that cannot store stops acking.** If its store cannot be written
   (and reopening does not help), a backup refuses epochs and upstreams with
   the reason, \`/healthz\` answers 503 and \`patchwire_store_healthy\` is 0,
