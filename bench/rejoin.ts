@@ -26,7 +26,7 @@ import { openSource } from "../src/open_source.ts";
 import { REGION_BYTES } from "../src/region_digest.ts";
 
 const args = parseArgs(Deno.args, ["size", "fractions"], []);
-const size = parseSize(args.options.get("size")?.at(-1) ?? "256M");
+const size = parseSize(args.options.get("size")?.at(-1) ?? "256M", "--size");
 const fractions = (args.options.get("fractions")?.at(-1) ?? "1,10,50")
   .split(",").map(Number);
 const quiet = () => {};

@@ -24,6 +24,7 @@ import { parseAckLevel, parseAckWho } from "./ack_policy.ts";
 import { AckLevel } from "./protocol.ts";
 import { transportFor } from "../transports/mod.ts";
 import { defaultImageLimits, type ImageLimits } from "./image_limits.ts";
+import { badClusterName } from "./cluster.ts";
 
 /** Options every role takes. */
 export const COMMON_VALUED = [
@@ -134,16 +135,9 @@ export function clusterOptions(
     throw new UsageError("--etcd needs --cluster NAME");
   }
   if (name === undefined) throw new UsageError("--etcd needs --name NODE");
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
-    throw new UsageError(
-      `--cluster "${cluster}": expected 1-64 characters of A-Z a-z 0-9 . _ -`,
-    );
-  }
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
-    throw new UsageError(
-      `--name "${name}": expected 1-64 characters of A-Z a-z 0-9 . _ -`,
-    );
-  }
+  const bad = badClusterName(cluster, "--cluster") ??
+    badClusterName(name, "--name");
+  if (bad) throw new UsageError(bad);
   const leaseText = last(args, "lease-ms");
   const leaseMs = leaseText === undefined
     ? 3000

@@ -70,6 +70,19 @@ export interface MemberRecord {
   followLeader?: boolean;
 }
 
+/** What a cluster or node name may be: it becomes part of etcd keys. */
+export const CLUSTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
+/**
+ * Null if `value` is a valid cluster or node name, else why not, naming
+ * `flag` (`--cluster`, `--name`).
+ */
+export function badClusterName(value: string, flag: string): string | null {
+  return CLUSTER_NAME.test(value)
+    ? null
+    : `${flag} "${value}": expected 1-64 characters of A-Z a-z 0-9 . _ -`;
+}
+
 /** Where a cluster's keys are. */
 export function clusterKeys(cluster: string): {
   prefix: string;
@@ -77,11 +90,8 @@ export function clusterKeys(cluster: string): {
   leader: string;
   members: string;
 } {
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
-    throw new RangeError(
-      `--cluster "${cluster}": expected 1-64 characters of A-Z a-z 0-9 . _ -`,
-    );
-  }
+  const bad = badClusterName(cluster, "--cluster");
+  if (bad) throw new RangeError(bad);
   const prefix = `/patchwire/${cluster}/`;
   return {
     prefix,
@@ -156,11 +166,14 @@ export interface Fenceable {
   unfence(): void;
 }
 
-/** The cluster's current term and leader (null: none). */
+/**
+ * The cluster's current term and leader (null: none), and the etcd revision
+ * they were read at (a watch from the next one misses nothing).
+ */
 export async function readLeader(
   etcd: EtcdClient,
   cluster: string,
-): Promise<{ term: number; leader: LeaderRecord | null }> {
+): Promise<{ term: number; leader: LeaderRecord | null; revision: number }> {
   const keys = clusterKeys(cluster);
   const r = await etcd.txn([], [
     { range: { key: keys.term } },
@@ -171,6 +184,7 @@ export async function readLeader(
   return {
     term: parseTerm(keys.term, termKv?.value),
     leader: leaderKv ? parseLeader(keys.leader, leaderKv.value) : null,
+    revision: r.revision,
   };
 }
 
@@ -457,16 +471,11 @@ export function followCluster(
   const run = async () => {
     while (!abort.signal.aborted) {
       try {
-        const r = await etcd.txn([], [
-          { range: { key: keys.term } },
-          { range: { key: keys.leader } },
-        ]);
-        const termKv = r.ranges[0]?.[0];
-        const leaderKv = r.ranges[1]?.[0];
-        await adopt(parseTerm(keys.term, termKv?.value));
-        if (leaderKv) last = parseLeader(keys.leader, leaderKv.value);
-        view.leader = leaderKv ? last!.name : null;
-        if (!leaderKv) gone(r.revision);
+        const now = await readLeader(etcd, options.cluster);
+        await adopt(now.term);
+        if (now.leader) last = now.leader;
+        view.leader = now.leader?.name ?? null;
+        if (!now.leader) gone(now.revision);
         if (view.etcdError) note(`etcd readable again: term ${view.term}`);
         view.etcdError = null;
         await etcd.watch(
@@ -489,7 +498,7 @@ export function followCluster(
             }
           },
           abort.signal,
-          { prefix: true, fromRevision: r.revision + 1 },
+          { prefix: true, fromRevision: now.revision + 1 },
         );
       } catch (e) {
         const msg = (e as Error).message;

@@ -23,20 +23,9 @@ import { AckLevel } from "../src/protocol.ts";
 import { openSource } from "../src/open_source.ts";
 import { bytesEqual } from "../src/replay.ts";
 import { createControlApp, serveHttp } from "../src/control_plane.ts";
+import { until } from "./_until.ts";
 
 const SPEC = "synthetic:images=2,size=1M,seed=7,dirty=0.05";
-
-async function until(
-  cond: () => boolean,
-  what: string,
-  ms = 10_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function run(command: string, args: string[]): Promise<void> {
   const out = await new Deno.Command(command, { args, stderr: "piped" })

@@ -14,24 +14,13 @@ import {
   RoleProcess,
   runToolProcess,
 } from "../tools/_role_process.ts";
+import { until } from "./_until.ts";
 
 const ports = new PortRange();
 
 async function status(http: string): Promise<Record<string, unknown>> {
   const res = await fetch(`http://${http}/status`);
   return await res.json();
-}
-
-async function until(
-  cond: () => boolean | Promise<boolean>,
-  what: string,
-  ms = 20_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!await cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 Deno.test("cluster roles: one primary per cluster; a primary paused past its lease is replaced by a backup promoted with the next term, commits nothing after, has nothing applied after, and rejoins the new primary as a follower by block hashes", async () => {

@@ -22,22 +22,11 @@ import { openSource } from "../src/open_source.ts";
 import { EtcdCluster } from "../tools/_etcd_process.ts";
 import { PortRange } from "../tools/_role_process.ts";
 import { Stallable } from "./_gate.ts";
+import { until } from "./_until.ts";
 
 const ports = new PortRange();
 const quiet = () => {};
 const SPEC = "synthetic:images=1,size=256K,seed=5,dirty=0.05";
-
-async function until(
-  cond: () => boolean | Promise<boolean>,
-  what: string,
-  ms = 15_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!await cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** etcd, a forwarder to it that can stall, a backup, and a primary holding the leader key through the forwarder. */
 async function setUp(leaseMs: number) {

@@ -16,25 +16,13 @@ import {
   runToolProcess,
 } from "../tools/_role_process.ts";
 import { FailoverCluster } from "../tools/_failover_cluster.ts";
+import { until } from "./_until.ts";
 
 const ports = new PortRange();
 
 async function status(http: string): Promise<Record<string, unknown>> {
   const res = await fetch(`http://${http}/status`);
   return await res.json();
-}
-
-/** Waits for an async condition (a role's state over HTTP); fails after `ms` with what it waited for. */
-async function until(
-  cond: () => Promise<boolean>,
-  what: string,
-  ms = 30_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!await cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 Deno.test("failover: with one member of a 3-member etcd killed, kill -9 of the primary still elects a candidate that holds every committed epoch and commits with the others", async () => {

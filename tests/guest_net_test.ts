@@ -13,14 +13,7 @@ import {
   startGuest,
 } from "../tools/guest.ts";
 import { consoleCounters, listenCounters } from "./_counter_guest.ts";
-
-async function until(cond: () => boolean, what: string, ms = 60_000) {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+import { until } from "./_until.ts";
 
 Deno.test("guest net: the NIC's kernel modules, dependencies first; a clear error without them", () => {
   const mods = netModules(findKernel());
@@ -61,7 +54,7 @@ Deno.test("guest net: the counter workload's datagrams are consecutive and match
     ));
     assert(guest.pid > 0);
     const t1 = performance.now();
-    await until(() => listener.counters.length >= 20, "20 datagrams");
+    await until(() => listener.counters.length >= 20, "20 datagrams", 60_000);
     const rate = 20 / ((performance.now() - t1) / 1000);
     const got = listener.counters.slice();
     const first = got[0];

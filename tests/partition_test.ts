@@ -15,6 +15,7 @@ import { assert, assertEquals } from "./_assert.ts";
 import { Wan, type WanProcess, wanUnavailable } from "../tools/wan.ts";
 import { etcdBinary } from "../tools/_etcd_process.ts";
 import { rolePermissions } from "../tools/_role_permissions.ts";
+import { until } from "./_until.ts";
 
 const unavailable = await wanUnavailable();
 if (unavailable) {
@@ -28,27 +29,6 @@ try {
 }
 
 const ROOT = new URL("..", import.meta.url).pathname;
-
-/** Waits for an async condition (a role's state over HTTP); fails after `ms` with what it waited for and the last answer. */
-async function until(
-  cond: () => Promise<boolean>,
-  what: string,
-  ms = 30_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  let last = "";
-  for (;;) {
-    try {
-      if (await cond()) return;
-    } catch (e) {
-      last = (e as Error).message;
-    }
-    if (Date.now() > end) {
-      throw new Error(`timed out waiting for ${what} (${last})`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** Epochs a primary reported committed. */
 function commits(p: WanProcess): number[] {

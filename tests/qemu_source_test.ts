@@ -15,6 +15,7 @@ import { Primary } from "../src/primary.ts";
 import { Relay } from "../src/relay.ts";
 import { Backup } from "../src/backup.ts";
 import { AckLevel } from "../src/protocol.ts";
+import { until } from "./_until.ts";
 
 const quiet = () => {};
 
@@ -26,14 +27,6 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a64.length; i++) if (a64[i] !== b64[i]) return false;
   for (let i = n; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-async function until(cond: () => boolean, what: string, ms = 20_000) {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 Deno.test("qemu: a live guest replicated through a relay to two backups; bad inputs; a paused guest; a guest that exits", async (t) => {

@@ -21,6 +21,7 @@ import {
   encodeFrame,
   FrameType,
 } from "../src/frame.ts";
+import { until } from "./_until.ts";
 
 const certs = await makeDevCerts();
 const tls: TlsOptions = {
@@ -104,18 +105,6 @@ function flipByte(frames: Uint8Array[]): Uint8Array[] {
   const bad = frames[0].slice();
   bad[bad.length - 20] ^= 0xff;
   return [bad, ...frames.slice(1)];
-}
-
-async function until(
-  cond: () => boolean,
-  what: string,
-  ms = 10_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 const TRANSPORTS = [

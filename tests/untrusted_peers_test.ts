@@ -30,6 +30,7 @@ import type { TlsOptions } from "../src/transport.ts";
 import { testCerts } from "./_certs.ts";
 import { runTool } from "./_run_tool.ts";
 import { Stallable } from "./_gate.ts";
+import { until } from "./_until.ts";
 
 const certs = await testCerts();
 const tls: TlsOptions = {
@@ -94,18 +95,6 @@ async function primaryTo(
   });
   p.start();
   return p;
-}
-
-async function until(
-  cond: () => boolean,
-  what: string,
-  ms = 10_000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 async function assertStoreEquals(b: Backup, p: Primary): Promise<void> {
