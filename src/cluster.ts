@@ -578,14 +578,18 @@ export function publishMember(
 export interface FollowerTarget {
   /** Starts sending to `url` if it is not a peer yet; true if it was added. */
   addPeer(url: string): boolean;
+  /** Stops sending to `url`; true if it was a peer. */
+  removePeer(url: string): Promise<boolean>;
 }
 
 /**
  * The primary's side of `--follow-leader`: every `everyMs`, reads the
  * member records and adds each follower that asks the primary to send to
  * it (a former primary rejoining, a backup added to the cluster) to the
- * primary's peers. Records that are not ours are skipped; an etcd that
- * cannot be read is tried again next round.
+ * primary's peers, and drops one again once its record is gone (its lease
+ * expired: the node stopped or died), so that an ack policy over all peers
+ * does not wait for it forever. Records that are not ours are skipped; an
+ * etcd that cannot be read is tried again next round.
  */
 export function watchFollowers(
   etcd: EtcdClient,
@@ -595,16 +599,32 @@ export function watchFollowers(
 ): { stop: () => Promise<void> } {
   let stopped = false;
   let wake: (() => void) | null = null;
+  /** Followers added here: URL → name. */
+  const added = new Map<string, string>();
   const loop = (async () => {
     while (!stopped) {
       try {
+        const asking = new Map<string, string>();
         for (const m of await readMembers(etcd, options.cluster)) {
-          if (!m.followLeader || m.name === options.name) continue;
-          if (primary.addPeer(m.listen)) {
+          if (m.followLeader && m.name !== options.name) {
+            asking.set(m.listen, m.name);
+          }
+        }
+        for (const [url, name] of asking) {
+          if (!added.has(url) && primary.addPeer(url)) {
+            added.set(url, name);
             note(
-              `follower ${m.name} asks this primary for its epochs: sending to ${m.listen}`,
+              `follower ${name} asks this primary for its epochs: sending to ${url}`,
             );
           }
+        }
+        for (const [url, name] of added) {
+          if (asking.has(url)) continue;
+          added.delete(url);
+          await primary.removePeer(url);
+          note(
+            `follower ${name} left the cluster (its record expired): no longer sending to ${url}`,
+          );
         }
       } catch {
         // etcd unreachable: next round

@@ -193,6 +193,20 @@ export class Primary implements LinkOwner {
     return true;
   }
 
+  /**
+   * Stops sending to a peer added with {@linkcode Primary.addPeer} that is
+   * gone; the ack policy no longer counts it. False if it is not a peer.
+   */
+  async removePeer(url: string): Promise<boolean> {
+    const i = this.links.findIndex((l) => l.url === url);
+    if (i < 0) return false;
+    const [link] = this.links.splice(i, 1);
+    await link.stop();
+    // Commits that waited for it may be due now.
+    this.onAck(link);
+    return true;
+  }
+
   /** Starts the links and, with an interval, the epoch loop. */
   start(): void {
     this.#started = true;

@@ -53,7 +53,8 @@ Deno.test("cluster roles: one primary per cluster; a primary paused past its lea
   };
   try {
     await backup("b1", b1Url, b1Http).waitLine(/listening on/);
-    await backup("b2", b2Url, b2Http).waitLine(/listening on/);
+    const b2Role = backup("b2", b2Url, b2Http);
+    await b2Role.waitLine(/listening on/);
     const primary = new RoleProcess("primary", [
       "--source",
       "synthetic:images=1,size=256K,seed=3,dirty=0.05",
@@ -179,6 +180,17 @@ Deno.test("cluster roles: one primary per cluster; a primary paused past its lea
     }, "p1, now a backup of term 2, to hold the new primary's images");
     const direct = await EtcdClient.connect(etcd.endpoints);
     assertEquals((await readLeader(direct, "c1")).leader?.name, "b2");
+
+    // Once the former primary is gone for good, its record expires and the
+    // new primary stops waiting for it (its policy is all).
+    primary.kill("SIGKILL");
+    await primary.done;
+    await b2Role.waitLine(/follower p1 left the cluster/);
+    const after = (await status(b2Http)).committedEpoch as number;
+    await until(
+      async () => ((await status(b2Http)).committedEpoch as number) > after + 2,
+      "b2 to commit without p1",
+    );
   } finally {
     for (const r of roles) {
       r.kill("SIGCONT");
