@@ -138,11 +138,16 @@ export interface ReplicaHooks {
   storedBytes?():
     | ((slot: number, offset: number, into: Uint8Array) => void)
     | null;
-  /** A base sync finished and verified; the role installs it; returns the level to ack now, or null. */
+  /**
+   * A base sync finished and verified; the role installs it; returns the
+   * level to ack now, or null. After a rejoin, `changed` lists the ranges
+   * that differed from the replica (the rest of `contents` is what it held).
+   */
   based(
     epoch: number,
     contents: Uint8Array[],
     images: ImageDigestInfo[],
+    changed?: { slot: number; offset: number; size: number }[] | null,
   ): AckLevel | null;
 }
 
@@ -682,7 +687,12 @@ export class UpstreamServer {
           base!.add(m as Base);
         } else if (m.type === "base_end") {
           const contents = base!.finish(m);
-          const level = this.hooks.based(m.epoch, contents, m.images);
+          const level = this.hooks.based(
+            m.epoch,
+            contents,
+            m.images,
+            base!.changed,
+          );
           decoder = this.hooks.replicaFor(hello) ?? replica();
           decoder.discardPending();
           frames = [];

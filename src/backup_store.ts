@@ -591,7 +591,9 @@ export class BackupStore {
 
   /**
    * Atomically moves the store from its current epoch to `state.epoch`
-   * (which must be greater) by writing `ranges` into the image files, in
+   * (which must be greater, unless `options.rejoin`: a rejoin by block
+   * hashes writes only the pages that differ from another history, whose
+   * epoch may be any) by writing `ranges` into the image files, in
    * order (a later overlapping range wins). `state.images` must list the
    * current ids and sizes in the same order; digests may change. If
    * `durable`, everything is fsynced before returning (journal before
@@ -616,10 +618,13 @@ export class BackupStore {
     state: StoredState,
     ranges: StoreRange[],
     durable: boolean,
+    options: { rejoin?: boolean } = {},
   ): void {
     const cur = this.#usable("commitEpoch");
     const next = checkState(state, "commitEpoch: state");
-    if (next.epoch <= cur.epoch) {
+    // A rejoin moves the store to another history's epoch, which may be any
+    // number; recovery tells states apart by their text's hash, not epochs.
+    if (!options.rejoin && next.epoch <= cur.epoch) {
       throw new StoreError(
         `commitEpoch: epoch ${next.epoch} does not follow the stored epoch ${cur.epoch}; expected a greater epoch`,
       );

@@ -105,6 +105,12 @@ export class BaseReceiver {
   #received: number[] = [];
   /** Whether the chunks overwrite a copy of the replica (a rejoin) rather than fill zeros. */
   #rejoin = false;
+  #ranges: { slot: number; offset: number; size: number }[] = [];
+  /**
+   * After {@linkcode BaseReceiver.finish} of a rejoin: the ranges it
+   * overwrote (a store writes only those); null after a full base sync.
+   */
+  changed: { slot: number; offset: number; size: number }[] | null = null;
 
   constructor(
     readonly images: ImageInfo[],
@@ -125,6 +131,7 @@ export class BaseReceiver {
     }
     this.#epoch = epoch;
     this.#rejoin = true;
+    this.#ranges = [];
     this.#contents = contents.map((c) => c.slice());
     this.#received = this.images.map((i) => i.size);
   }
@@ -134,6 +141,7 @@ export class BaseReceiver {
     if (m.epoch !== this.#epoch) {
       // A new base sync starts (a restarted one replaces any partial one).
       this.#rejoin = false;
+      this.#ranges = [];
       this.#epoch = m.epoch;
       this.#contents = this.images.map((i) => new Uint8Array(i.size));
       this.#received = this.images.map(() => 0);
@@ -164,6 +172,7 @@ export class BaseReceiver {
       );
     }
     if (!this.#rejoin) this.#received[m.slot] += m.size;
+    else this.#ranges.push({ slot: m.slot, offset: m.offset, size: m.size });
   }
 
   /** Verifies the collected images against BASE_END; returns their contents. */
@@ -210,8 +219,10 @@ export class BaseReceiver {
       }
     });
     const contents = this.#contents;
+    this.changed = this.#rejoin ? this.#ranges : null;
     this.#contents = [];
     this.#received = [];
+    this.#ranges = [];
     this.#epoch = -1;
     this.#rejoin = false;
     return contents;
