@@ -26,7 +26,7 @@ const intervalMs = intOption(opt("interval", "50"), "interval", 1);
 
 const ports = new PortRange();
 const etcd = await EtcdCluster.start(1, ports);
-const failover: number[] = [], noCommit: number[] = [];
+const failover: number[] = [], noCommit: number[] = [], election: number[] = [];
 const winners: Record<string, number> = {};
 try {
   for (let t = 0; t < trials; t++) {
@@ -51,6 +51,7 @@ try {
       }
       failover.push(f.failoverMs);
       noCommit.push(f.noCommitMs);
+      election.push(f.electionMs);
       winners[f.winner] = (winners[f.winner] ?? 0) + 1;
       console.error(
         `trial ${t}: ${f.winner} at epoch ${f.winnerEpoch} (committed ${committed}); failover ${
@@ -84,6 +85,11 @@ console.log(
   `| no epoch committed (last commit → first commit) | ${
     q(noCommit, 0.5).toFixed(0)
   } | ${q(noCommit, 0.99).toFixed(0)} | ${Math.max(...noCommit).toFixed(0)} |`,
+);
+console.log(
+  `| of which: the leader key gone in etcd → the winner promoted | ${
+    q(election, 0.5).toFixed(0)
+  } | ${q(election, 0.99).toFixed(0)} | ${Math.max(...election).toFixed(0)} |`,
 );
 console.log(
   `\nWinners: ${

@@ -43,6 +43,8 @@ export interface Failover {
   committedAtFailure: number;
   /** The epoch the winner started from (it must hold every committed one). */
   winnerEpoch: number;
+  /** The leader key's deletion in etcd → the winner primary, ms (as the winner logged it). */
+  electionMs: number;
 }
 
 /** See the module documentation. */
@@ -168,6 +170,7 @@ export class FailoverCluster {
         const first = c.process.timeOf(/^epoch \d+ committed/);
         if (line && first !== null) {
           const epoch = Number(/at epoch (\d+)/.exec(line)?.[1] ?? NaN);
+          const electionMs = Number(/elected in (\d+) ms/.exec(line)![1]);
           const commits = p1.commits();
           const lastCommit = commits.length
             ? p1.timeOf(new RegExp(`^epoch ${commits.at(-1)} committed`))!
@@ -178,6 +181,7 @@ export class FailoverCluster {
             noCommitMs: first - lastCommit,
             committedAtFailure,
             winnerEpoch: epoch,
+            electionMs,
           };
         }
       }
