@@ -542,3 +542,150 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name:
+    "vm failover in a cluster: when the primary's host dies, the elected backup resumes the guest itself from its last committed checkpoint; held output is never repeated",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const ports = new Ports();
+    const { EtcdCluster } = await import("../tools/_etcd_process.ts");
+    const etcd = await EtcdCluster.start(1, ports);
+    const dir = await Deno.makeTempDir({ prefix: "pw-vm-elect-" });
+    const listener = listenCounters();
+    const guest = await startGuest({
+      dir: `${dir}/vm`,
+      memMiB: 128,
+      net: { udpPort: listener.port },
+    });
+    const cluster = (name: string) => [
+      "--etcd",
+      etcd.endpoints[0],
+      "--cluster",
+      "vm",
+      "--name",
+      name,
+      "--lease-ms",
+      "2000",
+    ];
+    const names = ["b1", "b2"];
+    const urls = names.map(() => `tcp://127.0.0.1:${ports.take()}`);
+    const https = names.map(() => `127.0.0.1:${ports.take()}`);
+    const backups = names.map((name, i) =>
+      new Role("backup", [
+        "--listen",
+        urls[i],
+        "--store",
+        `${dir}/${name}`,
+        "--http",
+        https[i],
+        "--candidate",
+        "--interval",
+        "200",
+        // The resumed guest's output is held in turn.
+        "--resume-hold",
+        "n0",
+        ...cluster(name),
+      ])
+    );
+    let primary: Role | null = null;
+    let resumedPid = 0;
+    try {
+      for (const b of backups) await b.waitLine(/listening on/);
+      primary = new Role("primary", [
+        "--source",
+        `${guest.spec}&hold=n0`,
+        "--to",
+        urls.join(","),
+        "--interval",
+        "200",
+        ...cluster("p1"),
+      ]);
+      const p = primary;
+      const all = [p, ...backups];
+      await until(
+        () => p.commits().length >= 3 && listener.counters.length >= 5,
+        "3 commits and 5 released datagrams",
+        all,
+      );
+      // The primary's host dies: QEMU and the primary at once.
+      guest.process.kill("SIGKILL");
+      p.kill("SIGKILL");
+      await p.done;
+      await guest.stop();
+      const committed = Math.max(...p.commits());
+      const before = [...listener.counters];
+      assertIncreasing(before, "before the failover");
+
+      // A candidate is elected and resumes the guest on its own.
+      let winner = -1;
+      await until(
+        () => {
+          winner = backups.findIndex((b) =>
+            b.lines.some((l) =>
+              /resumed "[^"]+" at epoch \d+: QEMU pid \d+/.test(l)
+            )
+          );
+          return winner >= 0;
+        },
+        "the elected backup to resume the guest",
+        all,
+      );
+      const line = backups[winner].lines.find((l) =>
+        /resumed "[^"]+" at epoch \d+: QEMU pid \d+/.test(l)
+      )!;
+      resumedPid = Number(/QEMU pid (\d+)/.exec(line)![1]);
+      const epoch = Number(/at epoch (\d+)/.exec(line)![1]);
+      assert(
+        epoch >= committed,
+        `resumed at epoch ${epoch}, the primary reported ${committed} committed`,
+      );
+      await until(
+        async () => {
+          const s = await (await fetch(`http://${https[winner]}/status`))
+            .json();
+          return s.role === "primary" && s.term === 2;
+        },
+        "the elected backup to be primary of term 2",
+        all,
+      );
+      // The resumed guest runs on: its datagrams follow the last one the
+      // old primary released, none repeated, none going back.
+      await until(
+        () => listener.counters.length >= before.length + 3,
+        "the resumed guest's output",
+        all,
+      );
+      assertIncreasing(listener.counters, "across the failover");
+      const held = (await (await fetch(`http://${https[winner]}/status`))
+        .json()).held;
+      assert(
+        held?.releasedPackets > 0,
+        "the resumed guest's output is held and released by commits",
+      );
+      // And it is protected in turn: the other backup follows term 2.
+      const other = 1 - winner;
+      await until(
+        async () => {
+          const s = await (await fetch(`http://${https[other]}/status`))
+            .json();
+          return s.term === 2 && s.epoch > epoch;
+        },
+        "the other backup to follow the resumed guest",
+        all,
+      );
+    } finally {
+      if (resumedPid) killPid(resumedPid);
+      for (const r of [...backups, ...(primary ? [primary] : [])]) {
+        r.kill("SIGKILL");
+        await r.done;
+      }
+      await guest.stop();
+      await listener.close();
+      if (resumedPid) await until(() => pidGone(resumedPid), "QEMU to exit");
+      await etcd.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

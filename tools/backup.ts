@@ -79,6 +79,9 @@ and use deno task resume.
                      guest, this starts it from the store's images (an
                      elected backup whose store holds a qemu: guest resumes
                      it itself, with its stored command line)
+  --resume-hold NETDEV[,NETDEV...]  (with --candidate) the netdevs whose
+                     output an elected backup holds until each epoch commits
+                     once it resumed its store's guest (qemu:…&hold=)
   --follow-leader    (with --etcd) ask the cluster's primary to send to this
                      backup: it adds it to its peers and brings it up to
                      date (by block hashes where it holds something); how a
@@ -196,6 +199,7 @@ export async function runBackup(argv: string[]): Promise<void> {
     "interval",
     "level",
     "on-promote",
+    "resume-hold",
     ...COMMON_VALUED,
     ...DOWNSTREAM_VALUED,
     ...CLUSTER_VALUED,
@@ -425,9 +429,10 @@ export async function runBackup(argv: string[]): Promise<void> {
           : parseAckWho(lastLeader.ack);
         // A guest in the store is resumed, with its stored command line.
         const guest = holdsGuest(b.store.state?.images ?? []);
+        const hold = last(args, "resume-hold");
         const p = await promote({
           ...fallback,
-          ...(guest ? { resume: {} } : {}),
+          ...(guest ? { resume: hold ? { hold } : {} } : {}),
           to: peers,
           ack: {
             who: who.kind === "quorum"
