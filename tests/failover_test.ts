@@ -209,3 +209,65 @@ Deno.test("failover: records in etcd that are not ours: a foreign leader key sto
     await etcd.stop();
   }
 });
+
+Deno.test("failover: two primaries of one cluster started at the same moment: one takes the leader key, the other refuses and exits; only one ever commits", async () => {
+  const etcd = await EtcdCluster.start(1, ports);
+  const dir = await Deno.makeTempDir({ prefix: "pw-two-primaries-" });
+  const roles: RoleProcess[] = [];
+  try {
+    const url = `tcp://127.0.0.1:${ports.take()}`;
+    const b = new RoleProcess("backup", [
+      "--listen",
+      url,
+      "--store",
+      `${dir}/b`,
+      "--etcd",
+      etcd.endpoints[0],
+      "--cluster",
+      "race",
+      "--name",
+      "b",
+    ]);
+    roles.push(b);
+    await b.waitLine(/listening on/);
+    const primaries = ["p1", "p2"].map((name) =>
+      new RoleProcess("primary", [
+        "--source",
+        "synthetic:images=1,size=256K,seed=2",
+        "--to",
+        url,
+        "--interval",
+        "100",
+        "--etcd",
+        etcd.endpoints[0],
+        "--cluster",
+        "race",
+        "--name",
+        name,
+      ])
+    );
+    roles.push(...primaries);
+    const refused = await Promise.race(
+      primaries.map((p, i) => p.done.then(() => i)),
+    );
+    const winner = primaries[1 - refused];
+    assert(
+      primaries[refused].lines.some((l) =>
+        /cluster race already has a primary: p\d \(term 1\)/.test(l)
+      ),
+      primaries[refused].tail(),
+    );
+    assertEquals((await primaries[refused].done).code, 1);
+    await winner.waitLine(/^epoch 3 committed/);
+    assertEquals(primaries[refused].commits(), []);
+    const direct = await EtcdClient.connect(etcd.endpoints);
+    assertEquals((await readLeader(direct, "race")).term, 1);
+  } finally {
+    for (const r of roles) {
+      r.kill("SIGKILL");
+      await r.done;
+    }
+    await etcd.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
