@@ -61,6 +61,10 @@ export interface MemberRecord {
   storedEpoch: number;
   /** Whether it may be elected (`--candidate`). */
   candidate: boolean;
+  /** Where its current upstream connects from (null: none connected). */
+  upstream?: string | null;
+  /** Its images' digests at `epoch` (what a successor's rejoin compares against). */
+  images?: { id: string; size: number; digestLo: number; digestHi: number }[];
   /**
    * Whether it asks the cluster's primary to send to it (`--follow-leader`):
    * a former primary rejoining as a follower, or a backup added to a
@@ -698,8 +702,10 @@ export function electionWinner(
   const peers = last?.peers ?? [];
   // Only records written after the leader went count: before, a peer may
   // still have been taking epochs.
+  // Relays publish what they hold too, but keep no store and are never
+  // candidates: they are not counted (see RELIABILITY.md's election rule).
   const followers = members.filter((m) =>
-    m.term === term && m.revision > since
+    m.role !== "relay" && m.term === term && m.revision > since
   );
   const reported = peers.length
     ? followers.filter((m) => peers.includes(m.listen))

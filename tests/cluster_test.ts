@@ -231,4 +231,11 @@ Deno.test("election: the most advanced candidate among fresh reports of the old 
     "waiting" in
       electionWinner([m("a", 9, 11, true, 3), m("x", 12, 12)], last, 4, 10),
   );
+  // A relay's record is not a report: it keeps no store and is never elected.
+  const relay = { ...m("c", 14, 13, false), role: "relay" };
+  assert("waiting" in electionWinner([m("a", 9, 11), relay], last, 4, 10));
+  assertEquals(
+    electionWinner([m("a", 9, 11), m("b", 12, 12), relay], last, 4, 10),
+    { winner: "b" },
+  );
 });

@@ -30,6 +30,7 @@ import {
   followCluster,
   LeaderLease,
   type LeaderRecord,
+  type MemberRecord,
   publishMember,
   readLeader,
   readMembers,
@@ -381,6 +382,8 @@ export async function runBackup(argv: string[]): Promise<void> {
       epoch: b.epoch,
       storedEpoch: b.store.state?.epoch ?? 0,
       candidate,
+      upstream: b.upstream.remote,
+      images: b.status().images as MemberRecord["images"],
       ...(followLeader ? { followLeader: true } : {}),
     }))
     : null;

@@ -25,7 +25,7 @@ import {
   transportOptions,
 } from "../src/_role_cli.ts";
 import { EtcdClient } from "../src/etcd.ts";
-import { followCluster } from "../src/cluster.ts";
+import { followCluster, publishMember } from "../src/cluster.ts";
 import { Relay } from "../src/relay.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
 
@@ -109,7 +109,21 @@ await runMain(USAGE, async () => {
     }, r.upstream)
     : null;
   r.cluster = following?.view ?? null;
+  // What it holds, for operators and tools (elections do not count relays).
+  const member = etcd && clustered
+    ? publishMember(etcd, clustered, () => ({
+      name: clustered.name,
+      role: "relay",
+      listen: r.url,
+      term: r.upstream.term,
+      epoch: r.epoch,
+      storedEpoch: 0,
+      candidate: false,
+      upstream: r.upstream.remote,
+    }))
+    : null;
   onSignal(async () => {
+    await member?.stop();
     await following?.stop();
     await r.close();
     await server?.close();

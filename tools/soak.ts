@@ -143,8 +143,9 @@ Whatever the ack policy and whatever is killed, at any instant:
   them, if it is a candidate, may take the next term — so the new primary
   holds every committed epoch, to the level the policy promised (under
   \`applied\`, a peer that restarted in between holds only its store, as that
-  level says). Relays publish no record: a relay's report is always missing,
-  so a primary is replaced only if N−K+1 of its other peers report.
+  level says). Relays publish records but are not counted (they keep no
+  store and are never candidates): a primary is replaced only if N−K+1 of its
+  other peers report.
 - **A replaced primary never acts again.** Once its lease is gone and a newer
   term exists, a primary halts its sources (a guest paused, its held output
   never released), and with \`--listen\`/\`--store\` follows the new primary as
