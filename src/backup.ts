@@ -124,6 +124,14 @@ export class Backup implements ReplicaHooks {
   #storeFailure: { error: string; since: string } | null = null;
   /** Times the store failed (entered that state). */
   #storeFailures = 0;
+  /**
+   * Images whose stored bytes did not match the digest their state
+   * recorded when the store was opened (changed behind this backup's back
+   * while it was stopped): reported as they are, so the upstream rejoins
+   * them by block hashes. Until then the backup is unhealthy and cannot be
+   * promoted.
+   */
+  #damaged: string[] = [];
   /** A failed store is not tried again before this (performance.now()). */
   #storeRetryAt = 0;
   /** Per image, the pages applied in memory and not yet in the store. */
@@ -180,6 +188,11 @@ export class Backup implements ReplicaHooks {
   }
 
   /** The last committed epoch (0 for an empty store). */
+  /** Images found damaged when the store was opened, not yet repaired by a rejoin or base sync. */
+  get damaged(): readonly string[] {
+    return this.#damaged;
+  }
+
   get epoch(): number {
     return this.decoder?.epoch ?? 0;
   }
@@ -204,7 +217,8 @@ export class Backup implements ReplicaHooks {
       const d = image.digestValue();
       const want = state.images[s];
       if (d.lo !== want.digestLo || d.hi !== want.digestHi) {
-        throw new Error(
+        this.#damaged.push(image.id);
+        this.#note(
           `store ${this.store.dir}: image "${image.id}" has digest ${
             formatDigest(d)
           }, its state says ${
@@ -213,7 +227,7 @@ export class Backup implements ReplicaHooks {
               lo: want.digestLo,
               hi: want.digestHi,
             })
-          } for epoch ${state.epoch}`,
+          } for epoch ${state.epoch}: it changed while this backup was stopped. It is offered as it is, so its upstream rejoins it by block hashes; until then this backup is unhealthy and cannot be promoted`,
         );
       }
     });
@@ -621,6 +635,14 @@ export class Backup implements ReplicaHooks {
     this.#pendingEpochs = 0;
     if (this.#candidate) this.decoder = this.#candidate;
     this.#candidate = null;
+    if (this.#damaged.length) {
+      this.#note(
+        `store repaired by the upstream: ${
+          this.#damaged.join(", ")
+        } now at epoch ${epoch}`,
+      );
+    }
+    this.#damaged = [];
     this.decoder!.load(
       epoch,
       contents,
@@ -647,6 +669,7 @@ export class Backup implements ReplicaHooks {
       storeError: this.#storeFailure?.error ?? null,
       storeFailedSince: this.#storeFailure?.since ?? null,
       storeFailures: this.#storeFailures,
+      ...(this.#damaged.length ? { storeDamaged: this.#damaged } : {}),
       images: this.decoder ? digestsOf(this.decoder) : [],
       upstream: this.upstream.status(),
       appliedEpochs: this.appliedEpochs,
@@ -661,6 +684,13 @@ export class Backup implements ReplicaHooks {
    */
   async promote(options: PromoteOptions): Promise<Primary> {
     if (this.promoted) throw new Error("this backup is already promoted");
+    if (this.#damaged.length) {
+      throw new Error(
+        `cannot promote: image ${
+          this.#damaged.join(", ")
+        } in the store changed while this backup was stopped and has not been repaired by an upstream yet`,
+      );
+    }
     const decoder = this.decoder;
     if (!decoder) {
       throw new Error("cannot promote: this backup has no replica yet");

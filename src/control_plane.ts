@@ -154,6 +154,11 @@ export function unhealthy(status: Record<string, unknown>): string | null {
   if (status.storeHealthy === false) {
     return String(status.storeError ?? "its store cannot be written");
   }
+  if (Array.isArray(status.storeDamaged) && status.storeDamaged.length) {
+    return `stored image ${
+      status.storeDamaged.join(", ")
+    } changed while the backup was stopped; waiting for its upstream to repair it`;
+  }
   return null;
 }
 

@@ -268,3 +268,75 @@ Deno.test("verify finds a page changed in a backup's store behind its back, name
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a page of a backup's store changed while it was stopped is reported, keeps it from being promoted, and is repaired by a rejoin that sends just that page", async () => {
+  const { PortRange } = await import("../tools/_role_process.ts");
+  const { unhealthy } = await import("../src/control_plane.ts");
+  const dir = await Deno.makeTempDir({ prefix: "pw-damaged-" });
+  const path = `${dir}/vm`;
+  const image = new Uint8Array(IMAGE_BYTES);
+  noise(image, 11);
+  await Deno.writeFile(path, image);
+  // A fixed port (from the range below the ephemeral ports), so that the
+  // primary's link finds the backup again after its restart.
+  const listen = `tcp://127.0.0.1:${new PortRange().take()}`;
+  let b = await Backup.open({ listen, store: `${dir}/b`, note: quiet });
+  const p = new Primary(await openSource(`file:${path}`), {
+    to: [listen],
+    intervalMs: null,
+    link: { backoffMs: 20, maxBackoffMs: 100 },
+    note: quiet,
+  });
+  try {
+    p.start();
+    await p.checkpoint();
+    await p.checkpoint();
+    await until(() => b.store.state?.epoch === 2, "store at epoch 2");
+    await b.close();
+    await scribble(`${dir}/b/vm.img`, 5 * (1 << 20) + 4096 * 3, 10);
+
+    const notes: string[] = [];
+    const rejoins = p.links[0].rejoins;
+    b = await Backup.open({
+      listen,
+      store: `${dir}/b`,
+      note: (l) => notes.push(l),
+    });
+    assert(
+      notes.some((l) =>
+        /image "vm" has digest .* it changed while this backup was stopped/
+          .test(l)
+      ),
+      notes.join("\n"),
+    );
+    // Read before any await: the upstream cannot have repaired it yet.
+    assertEquals(b.status().storeDamaged, ["vm"]);
+    assert(
+      /stored image vm changed while the backup was stopped/.test(
+        unhealthy(b.status())!,
+      ),
+    );
+    let refused = "";
+    await b.promote({ to: [], ack: { who: { kind: "none" }, level: 1 } })
+      .catch((e) => refused = (e as Error).message);
+    assert(
+      /cannot promote: image vm in the store changed/.test(refused),
+      refused,
+    );
+    await until(() => p.links[0].rejoins > rejoins, "the rejoin");
+    assertEquals(p.links[0].lastRejoin!.differingBytes, 4096, "one page sent");
+    await until(() => b.damaged.length === 0, "the repair");
+    assertEquals(unhealthy(b.status()), null);
+    assert(await storeEquals(b, p), "the store is whole again");
+    const verify = await p.verify({ repair: false });
+    const peer = verify.peers[0];
+    assert(
+      !("error" in peer) && peer.outOfSyncBytes === 0,
+      JSON.stringify(peer),
+    );
+  } finally {
+    await p.stop();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

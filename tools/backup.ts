@@ -381,7 +381,8 @@ export async function runBackup(argv: string[]): Promise<void> {
       term: b.upstream.term,
       epoch: b.epoch,
       storedEpoch: b.store.state?.epoch ?? 0,
-      candidate,
+      // A damaged store may not be elected until repaired.
+      candidate: candidate && b.damaged.length === 0,
       upstream: b.upstream.remote,
       images: b.status().images as MemberRecord["images"],
       ...(followLeader ? { followLeader: true } : {}),
