@@ -35,6 +35,40 @@ export interface BaseProgress {
   totalBytes: number;
 }
 
+/** One BASE message: `raw`, bytes of image `slot` at `offset`, compressed with zstd -1. */
+export function baseMessage(
+  epoch: number,
+  slot: number,
+  offset: number,
+  raw: Uint8Array,
+  zstd: Zstd,
+): Uint8Array {
+  return encodeControl({
+    type: "base",
+    epoch,
+    slot,
+    offset,
+    size: raw.length,
+    data: zstd.compress(raw, { level: 1 }),
+  });
+}
+
+/**
+ * The bytes a base sync of `contents` puts in its BASE messages' data (the
+ * compressed chunks): what a rejoin is measured against.
+ */
+export function baseSyncBytes(contents: Uint8Array[], zstd: Zstd): number {
+  let n = 0;
+  for (const image of contents) {
+    for (let offset = 0; offset < image.length; offset += BASE_CHUNK_BYTES) {
+      n += zstd.compress(image.subarray(offset, offset + BASE_CHUNK_BYTES), {
+        level: 1,
+      }).length;
+    }
+  }
+  return n;
+}
+
 /**
  * Sends a snapshot as BASE messages then BASE_END. Zero chunks are sent as
  * such too: zstd makes them a few bytes. Returns the bytes sent.
@@ -51,14 +85,7 @@ export async function sendBase(
     const image = snapshot.contents[slot];
     for (let offset = 0; offset < image.length; offset += BASE_CHUNK_BYTES) {
       const raw = image.subarray(offset, offset + BASE_CHUNK_BYTES);
-      const message = encodeControl({
-        type: "base",
-        epoch: snapshot.epoch,
-        slot,
-        offset,
-        size: raw.length,
-        data: zstd.compress(raw, { level: 1 }),
-      });
+      const message = baseMessage(snapshot.epoch, slot, offset, raw, zstd);
       await conn.send(message);
       wireBytes += message.length;
       sentBytes += raw.length;

@@ -24,7 +24,11 @@
 
 import type { Zstd } from "./compress/zstd.ts";
 import type { Connection } from "./transport.ts";
-import { BASE_CHUNK_BYTES, type BaseSnapshot } from "./base_sync.ts";
+import {
+  BASE_CHUNK_BYTES,
+  baseMessage,
+  type BaseSnapshot,
+} from "./base_sync.ts";
 import { encodeControl } from "./protocol.ts";
 import { PAGE_SIZE } from "./image_state.ts";
 import {
@@ -162,14 +166,7 @@ export async function sendRejoin(
         offset,
         Math.min(pages[j - 1] * PAGE_SIZE + PAGE_SIZE, image.length),
       );
-      await send(encodeControl({
-        type: "base",
-        epoch: snapshot.epoch,
-        slot,
-        offset,
-        size: raw.length,
-        data: zstd.compress(raw, { level: 1 }),
-      }));
+      await send(baseMessage(snapshot.epoch, slot, offset, raw, zstd));
       result.differingBytes += raw.length;
       sentBytes += raw.length;
       onProgress?.({

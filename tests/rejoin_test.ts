@@ -11,7 +11,7 @@ import { Primary } from "../src/primary.ts";
 import { Backup } from "../src/backup.ts";
 import { openSource } from "../src/open_source.ts";
 import { bytesEqual } from "../src/replay.ts";
-import { BASE_CHUNK_BYTES } from "../src/base_sync.ts";
+import { baseSyncBytes } from "../src/base_sync.ts";
 import { createZstd } from "../src/compress/zstd.ts";
 import { REGION_BYTES } from "../src/region_digest.ts";
 
@@ -32,17 +32,6 @@ function noise(bytes: Uint8Array, seed: number): void {
     x ^= x << 5;
     words[i] = x >>> 0;
   }
-}
-
-/** Bytes a full base sync of `image` would put on the wire (zstd -1 per chunk). */
-async function baseSyncBytes(image: Uint8Array): Promise<number> {
-  const zstd = await createZstd();
-  let n = 0;
-  for (let o = 0; o < image.length; o += BASE_CHUNK_BYTES) {
-    n += zstd.compress(image.subarray(o, o + BASE_CHUNK_BYTES), { level: 1 })
-      .length;
-  }
-  return n;
 }
 
 async function storeEquals(b: Backup, p: Primary): Promise<boolean> {
@@ -72,28 +61,38 @@ async function scribble(path: string, offset: number, bytes: number) {
   }
 }
 
-Deno.test("a backup whose images left the primary's history rejoins by block hashes: under 5% of regions differ, under 10% of a base sync's bytes are sent, and it ends equal", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "pw-rejoin-" });
+/** A temporary directory, a file image of `size` noise bytes, and a backup with its store there. */
+async function fixture(size: number, seed: number, prefix = "pw-rejoin-") {
+  const dir = await Deno.makeTempDir({ prefix });
   const path = `${dir}/vm`;
-  const image = new Uint8Array(IMAGE_BYTES);
-  noise(image, 1);
+  const image = new Uint8Array(size);
+  noise(image, seed);
   await Deno.writeFile(path, image);
   const b = await Backup.open({
     listen: "tcp://127.0.0.1:0",
     store: `${dir}/b`,
     note: quiet,
   });
+  return { dir, path, image, b };
+}
+
+/** Checkpoints the file at `path` `epochs` times to the backup at `url` with a primary that then stops: one history. */
+async function history(path: string, url: string, epochs: number) {
+  const p = new Primary(await openSource(`file:${path}`), {
+    to: [url],
+    intervalMs: null,
+    note: quiet,
+  });
+  p.start();
+  for (let e = 0; e < epochs; e++) await p.checkpoint();
+  await p.stop();
+}
+
+Deno.test("a backup whose images left the primary's history rejoins by block hashes: under 5% of regions differ, under 10% of a base sync's bytes are sent, and it ends equal", async () => {
+  const { dir, path, image, b } = await fixture(IMAGE_BYTES, 1, "pw-rejoin-");
   try {
     // The first history: two epochs of the file.
-    const p1 = new Primary(await openSource(`file:${path}`), {
-      to: [b.url],
-      intervalMs: null,
-      note: quiet,
-    });
-    p1.start();
-    await p1.checkpoint();
-    await p1.checkpoint();
-    await p1.stop();
+    await history(path, b.url, 2);
     assertEquals(b.epoch, 2);
 
     // Another history over the same images: 4 of its 128 regions (3%) have
@@ -131,7 +130,7 @@ Deno.test("a backup whose images left the primary's history rejoins by block has
         changed.length * 4096,
         "only the pages that differ",
       );
-      const full = await baseSyncBytes(image);
+      const full = baseSyncBytes([image], await createZstd());
       assert(
         r.wireBytes < 0.1 * full,
         `rejoin sent ${r.wireBytes} bytes, a base sync ${full}`,
@@ -162,25 +161,9 @@ Deno.test("a backup whose images left the primary's history rejoins by block has
 });
 
 Deno.test("a backup whose images differ in most regions gets them whole, and still ends equal", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "pw-rejoin-" });
-  const path = `${dir}/vm`;
-  const image = new Uint8Array(1 << 20);
-  noise(image, 3);
-  await Deno.writeFile(path, image);
-  const b = await Backup.open({
-    listen: "tcp://127.0.0.1:0",
-    store: `${dir}/b`,
-    note: quiet,
-  });
+  const { dir, path, image, b } = await fixture(1 << 20, 3, "pw-rejoin-");
   try {
-    const p1 = new Primary(await openSource(`file:${path}`), {
-      to: [b.url],
-      intervalMs: null,
-      note: quiet,
-    });
-    p1.start();
-    await p1.checkpoint();
-    await p1.stop();
+    await history(path, b.url, 1);
     noise(image, 4);
     await Deno.writeFile(path, image);
     const p2 = new Primary(await openSource(`file:${path}`), {
@@ -206,16 +189,7 @@ Deno.test("a backup whose images differ in most regions gets them whole, and sti
 });
 
 Deno.test("verify finds a page changed in a backup's store behind its back, names it, and repair sends just it", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "pw-verify-" });
-  const path = `${dir}/vm`;
-  const image = new Uint8Array(IMAGE_BYTES);
-  noise(image, 5);
-  await Deno.writeFile(path, image);
-  const b = await Backup.open({
-    listen: "tcp://127.0.0.1:0",
-    store: `${dir}/b`,
-    note: quiet,
-  });
+  const { dir, path, image, b } = await fixture(IMAGE_BYTES, 5, "pw-verify-");
   const p = new Primary(await openSource(`file:${path}`), {
     to: [b.url],
     intervalMs: null,

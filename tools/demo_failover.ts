@@ -8,22 +8,18 @@ import { intOption, parseArgs, runMain, UsageError } from "../src/_cli.ts";
 import { EtcdCluster } from "./_etcd_process.ts";
 import { PortRange } from "./_role_process.ts";
 import { FailoverCluster } from "./_failover_cluster.ts";
-import { BASE_CHUNK_BYTES } from "../src/base_sync.ts";
+import { baseSyncBytes } from "../src/base_sync.ts";
 import { createZstd } from "../src/compress/zstd.ts";
 
-/** What a base sync of the images in store `dir` puts on the wire: zstd -1 per chunk, as `sendBase`. */
-async function baseSyncBytes(dir: string): Promise<number> {
-  const zstd = await createZstd();
-  let n = 0;
+/** What a base sync of the images in store `dir` puts on the wire. */
+async function storeBaseSyncBytes(dir: string): Promise<number> {
+  const images: Uint8Array[] = [];
   for await (const e of Deno.readDir(dir)) {
-    if (!e.name.endsWith(".img")) continue;
-    const image = await Deno.readFile(`${dir}/${e.name}`);
-    for (let o = 0; o < image.length; o += BASE_CHUNK_BYTES) {
-      n += zstd.compress(image.subarray(o, o + BASE_CHUNK_BYTES), { level: 1 })
-        .length;
+    if (e.name.endsWith(".img")) {
+      images.push(await Deno.readFile(`${dir}/${e.name}`));
     }
   }
-  return n;
+  return baseSyncBytes(images, await createZstd());
 }
 
 const USAGE = `usage: deno task demo:failover [--kill] [--lease-ms MS]
@@ -148,7 +144,7 @@ await runMain(USAGE, async () => {
         const link = peers.find((p) => p.url === p1.url);
         if (link?.lastRejoin) {
           const r = link.lastRejoin;
-          const base = await baseSyncBytes(`${dir}/${f.winner}`);
+          const base = await storeBaseSyncBytes(`${dir}/${f.winner}`);
           console.log(
             `p1 rejoined by block hashes: ${r.regionsDiffering} of ${r.regions} regions differed; ${
               (r.wireBytes / 1048576).toFixed(2)

@@ -334,15 +334,8 @@ await runMain(USAGE, async () => {
         "--lease-ms",
         String(clustered.leaseMs),
         "--follow-leader",
-        ...[
-          "http",
-          "token-file",
-          "cert",
-          "key",
-          "ca",
-          "max-frame-bytes",
-          "peer-timeout-ms",
-        ].flatMap(pass),
+        // Its credentials, control plane and limits, as a backup takes them.
+        ...COMMON_VALUED.flatMap(pass),
       ]);
     };
     follows = leased.superseded.then(replaced);
