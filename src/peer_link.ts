@@ -28,10 +28,12 @@ import {
   type RegionDigests,
   type State,
 } from "./protocol.ts";
+import { PAGE_SIZE } from "./image_state.ts";
 import { type RejoinResult, sendRejoin, snapshotDigests } from "./rejoin.ts";
 import {
   bytesU32,
   differingRegions,
+  pagesOfRegions,
   REGION_BYTES,
   regionCount,
   u32Bytes,
@@ -647,23 +649,15 @@ export class PeerLink {
         );
         const regions = differingRegions(ours.regions[slot], theirs, null);
         if (!regions.length) continue;
-        const perRegion = REGION_BYTES / 4096;
-        const pageCount = regionCount(sizes[slot], 4096);
-        const asked: number[] = [];
-        for (const r of regions) {
-          for (let p = r * perRegion; p < (r + 1) * perRegion; p++) {
-            if (p < pageCount) asked.push(p);
-          }
-        }
-        const list = Uint32Array.from(asked);
+        const list = pagesOfRegions(regions, REGION_BYTES, sizes[slot]);
         const pages = differingRegions(
           ours.pages[slot],
-          await this.#askRegions(conn, epoch, slot, 4096, list, true),
+          await this.#askRegions(conn, epoch, slot, PAGE_SIZE, list, true),
           list,
         );
         for (const p of pages) {
-          const offset = p * 4096;
-          const bytes = Math.min(4096, sizes[slot] - offset);
+          const offset = p * PAGE_SIZE;
+          const bytes = Math.min(PAGE_SIZE, sizes[slot] - offset);
           const last = differing[differing.length - 1];
           if (
             last && last.image === images[slot].id &&

@@ -13,6 +13,7 @@
 
 import type { BlockHasher } from "./hash/block_hash.ts";
 import { hashBlockInto } from "./hash/block_hash.ts";
+import { PAGE_SIZE } from "./image_state.ts";
 
 /** Bytes per region at the top level of the tree. */
 export const REGION_BYTES = 64 << 10;
@@ -157,6 +158,23 @@ export function differingRegions(
     ) differ.push(r);
   }
   return differ;
+}
+
+/** The pages (4 KiB) of the listed regions of `unit` bytes, within an image of `size` bytes: the next level to compare. */
+export function pagesOfRegions(
+  regions: number[],
+  unit: number,
+  size: number,
+): Uint32Array {
+  const perRegion = unit / PAGE_SIZE;
+  const pageCount = regionCount(size, PAGE_SIZE);
+  const pages: number[] = [];
+  for (const r of regions) {
+    for (let p = r * perRegion; p < (r + 1) * perRegion && p < pageCount; p++) {
+      pages.push(p);
+    }
+  }
+  return Uint32Array.from(pages);
 }
 
 /** A list of u32 as little-endian bytes (how the protocol carries region lists and digests). */

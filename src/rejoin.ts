@@ -33,6 +33,7 @@ import { encodeControl } from "./protocol.ts";
 import { PAGE_SIZE } from "./image_state.ts";
 import {
   differingRegions,
+  pagesOfRegions,
   REGION_BYTES,
   regionCount,
   regionDigestsFromHashes,
@@ -142,15 +143,7 @@ export async function sendRejoin(
     } else if (differ.length === 0) {
       pages = [];
     } else {
-      const perRegion = REGION_BYTES / PAGE_SIZE;
-      const candidates: number[] = [];
-      const pageCount = regionCount(image.length, PAGE_SIZE);
-      for (const r of differ) {
-        for (let p = r * perRegion; p < (r + 1) * perRegion; p++) {
-          if (p < pageCount) candidates.push(p);
-        }
-      }
-      const asked = Uint32Array.from(candidates);
+      const asked = pagesOfRegions(differ, REGION_BYTES, image.length);
       const theirPages = await ask(slot, PAGE_SIZE, asked);
       pages = differingRegions(ours.pages[slot], theirPages, asked);
     }
