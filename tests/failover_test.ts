@@ -130,7 +130,7 @@ Deno.test("failover: an etcd that can decide nothing for 10 s (two of three memb
     await etcd.restart(2);
     // Its lease survived (nobody could expire it): it carries on, same term.
     await until(
-      async () => Math.max(...primary.commits()) > during + 3,
+      () => Math.max(...primary.commits()) > during + 3,
       "the primary to commit again",
     );
     for (const http of https) {

@@ -189,7 +189,7 @@ Deno.test("a backup whose images differ in most regions gets them whole, and sti
 });
 
 Deno.test("verify finds a page changed in a backup's store behind its back, names it, and repair sends just it", async () => {
-  const { dir, path, image, b } = await fixture(IMAGE_BYTES, 5, "pw-verify-");
+  const { dir, path, b } = await fixture(IMAGE_BYTES, 5, "pw-verify-");
   const p = new Primary(await openSource(`file:${path}`), {
     to: [b.url],
     intervalMs: null,
