@@ -248,6 +248,31 @@ Deno.test("CLI: --help tells the command forms; bad arguments exit 2 or 1 with a
         "--to ws://:5/x",
       ],
       [
+        "primary",
+        [
+          "--source",
+          "synthetic:size=64K",
+          "--to",
+          "tcp://127.0.0.1:5",
+          "--listen",
+          "tcp://127.0.0.1:0",
+          "--store",
+          "/tmp/never",
+        ],
+        "--listen and --store are for a primary in a cluster",
+      ],
+      [
+        "backup",
+        [
+          "--listen",
+          "tcp://127.0.0.1:0",
+          "--store",
+          "/tmp/never",
+          "--follow-leader",
+        ],
+        "--follow-leader needs --etcd, --cluster and --name",
+      ],
+      [
         "relay",
         ["--listen", "tls://127.0.0.1:0", "--to", "tcp://127.0.0.1:5"],
         "give --cert FILE and --key FILE",

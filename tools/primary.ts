@@ -162,6 +162,14 @@ await runMain(USAGE, async () => {
       hasCert: args.options.has("cert"),
     })
     : undefined;
+  if (followStore) {
+    // Said now, not when this node is replaced: the store must open.
+    try {
+      BackupStore.open(followStore).close();
+    } catch (e) {
+      throw new UsageError(`--store ${followStore}: ${(e as Error).message}`);
+    }
+  }
   // The leader key first: a node that may not be primary touches no source.
   let lease: LeaderLease | null = null;
   if (clustered) {
