@@ -12,16 +12,12 @@ import { EtcdCluster } from "../tools/_etcd_process.ts";
 import {
   PortRange,
   RoleProcess,
+  roleStatus as status,
   runToolProcess,
 } from "../tools/_role_process.ts";
 import { until } from "./_until.ts";
 
 const ports = new PortRange();
-
-async function status(http: string): Promise<Record<string, unknown>> {
-  const res = await fetch(`http://${http}/status`);
-  return await res.json();
-}
 
 Deno.test("cluster roles: one primary per cluster; a primary paused past its lease is replaced by a backup promoted with the next term, commits nothing after, has nothing applied after, and rejoins the new primary as a follower by block hashes", async () => {
   const etcd = await EtcdCluster.start(1, ports);

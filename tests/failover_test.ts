@@ -13,17 +13,13 @@ import { EtcdCluster } from "../tools/_etcd_process.ts";
 import {
   PortRange,
   RoleProcess,
+  roleStatus as status,
   runToolProcess,
 } from "../tools/_role_process.ts";
 import { FailoverCluster } from "../tools/_failover_cluster.ts";
 import { until } from "./_until.ts";
 
 const ports = new PortRange();
-
-async function status(http: string): Promise<Record<string, unknown>> {
-  const res = await fetch(`http://${http}/status`);
-  return await res.json();
-}
 
 Deno.test("failover: with one member of a 3-member etcd killed, kill -9 of the primary still elects a candidate that holds every committed epoch and commits with the others", async () => {
   const etcd = await EtcdCluster.start(3, ports);

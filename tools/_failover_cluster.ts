@@ -9,7 +9,7 @@
  */
 
 import { EtcdCluster } from "./_etcd_process.ts";
-import { PortRange, RoleProcess } from "./_role_process.ts";
+import { PortRange, RoleProcess, roleStatus } from "./_role_process.ts";
 
 /** Options of {@linkcode FailoverCluster.start}. */
 export interface FailoverOptions {
@@ -197,9 +197,8 @@ export class FailoverCluster {
   }
 
   /** A role's /status. */
-  async status(name: string): Promise<Record<string, unknown>> {
-    const res = await fetch(`http://${this.node(name).http}/status`);
-    return await res.json();
+  status(name: string): Promise<Record<string, unknown>> {
+    return roleStatus(this.node(name).http);
   }
 
   /** Kills every role (the etcd is the caller's). */

@@ -111,6 +111,14 @@ export class RoleProcess {
   }
 }
 
+/** A role's `GET /status` on its control plane at `HOST:PORT` (no token). */
+export async function roleStatus(
+  http: string,
+): Promise<Record<string, unknown>> {
+  const res = await fetch(`http://${http}/status`);
+  return await res.json();
+}
+
 /** The next port any {@linkcode PortRange} of this process hands out. */
 let nextPort = 21000 + (Deno.pid % 400) * 20;
 
