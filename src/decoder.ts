@@ -18,6 +18,7 @@ import {
   FrameError,
   FrameType,
   type PatchBody,
+  SectionCodec,
 } from "./frame.ts";
 import { ImageState, PAGE_SIZE } from "./image_state.ts";
 import type { Level } from "./level.ts";
@@ -25,6 +26,7 @@ import { BlockOpKind, ByteWriter, OpKind, RefKind } from "./patch.ts";
 import { ByteReader } from "./_varint.ts";
 import { applyXorZeroRun } from "./zero_run.ts";
 import { createCodecZstd, type Zstd } from "./compress/zstd.ts";
+import { createLzma, type Lzma } from "./compress/lzma.ts";
 import { bindLength, DigestAccumulator, type ImageDigest } from "./digest.ts";
 import { U32List } from "./_u32_list.ts";
 import type { ImageSpec } from "./encoder.ts";
@@ -99,6 +101,12 @@ export class EpochDecoder {
   readonly hasher: BlockHasher;
   readonly images: ImageState[];
   readonly zstd: Zstd;
+  /** Opened on the first LZMA2 section, so receivers of zstd-only streams never need liblzma. */
+  #lzma: Lzma | null = null;
+
+  #lzmaCodec(): Lzma {
+    return this.#lzma ??= createLzma();
+  }
   #epoch = 0;
   #pending: Frame[] = [];
   #pendingBytes = 0;
@@ -612,7 +620,17 @@ export class EpochDecoder {
       );
     }
     let ops: Uint8Array;
-    if (body.opsCodec === 1) {
+    if (body.opsCodec === SectionCodec.LZMA2) {
+      try {
+        ops = this.#lzmaCodec().decompress(body.ops, body.opsSize);
+      } catch (e) {
+        fail(
+          `op stream of image "${image.id}" chunk ${body.chunk} does not decompress: ${
+            (e as Error).message
+          }`,
+        );
+      }
+    } else if (body.opsCodec === SectionCodec.ZSTD) {
       try {
         ops = this.zstd.decompress(body.ops, body.opsSize);
       } catch (e) {
@@ -752,13 +770,21 @@ export class EpochDecoder {
       }
       const pages = this.#lzOut;
       try {
-        this.zstd.decompressInto(
-          body.lz!,
-          pages,
-          0,
-          body.lzSize!,
-          this.#lzPrefix.view(),
-        );
+        if (body.lzCodec === SectionCodec.LZMA2) {
+          this.#lzmaCodec().decompressInto(
+            body.lz!,
+            pages.subarray(0, body.lzSize!),
+            this.#lzPrefix.view(),
+          );
+        } else {
+          this.zstd.decompressInto(
+            body.lz!,
+            pages,
+            0,
+            body.lzSize!,
+            this.#lzPrefix.view(),
+          );
+        }
       } catch (e) {
         fail(
           `LZ section of image "${image.id}" chunk ${body.chunk} does not decompress: ${

@@ -20,12 +20,18 @@ import {
   encodeFrame,
   FrameType,
   type PatchBody,
+  SectionCodec,
 } from "./frame.ts";
 import { checkLength, ImageState, PAGE_SIZE } from "./image_state.ts";
 import { type Level, type LevelParams, levelParams } from "./level.ts";
 import { PageEncoder } from "./page_encoder.ts";
 import { ByteWriter, OP_NAMES, OpKind, RefKind } from "./patch.ts";
 import { createCodecZstd, type Zstd } from "./compress/zstd.ts";
+import {
+  createLzma,
+  type Lzma,
+  type LzmaCompressOptions,
+} from "./compress/lzma.ts";
 import { U32List } from "./_u32_list.ts";
 
 /** An image the encoder replicates. */
@@ -141,6 +147,9 @@ export class EpochEncoder {
   #params: LevelParams;
   #anchors: AnchorIndex | null = null;
   #lzSeen = new Set<number>();
+  /** LZMA2 codec and its options, when the level's sections use it. */
+  #lzma: Lzma | null = null;
+  #lzmaOptions: LzmaCompressOptions = {};
 
   constructor(specs: ImageSpec[], options: EncoderOptions = {}) {
     if (specs.length === 0) {
@@ -207,6 +216,17 @@ export class EpochEncoder {
     this.index.rebuild();
     const params = { ...levelParams(this.level), ...options.tuning };
     this.#params = params;
+    if (params.sectionCodec === "lzma2") {
+      this.#lzma = createLzma();
+      // The LZ section is memory pages, i.e. words: literals predicted from their place in a 4-byte
+      // word (lp 2, pb 2), not from the byte before them (lc 0).
+      this.#lzmaOptions = {
+        preset: params.lzmaLzPreset,
+        literalContextBits: 0,
+        literalPositionBits: 2,
+        positionBits: 2,
+      };
+    }
     if (params.anchors) {
       this.#anchors = new AnchorIndex(
         this.images.reduce((n, i) => n + i.pages, 0),
@@ -559,11 +579,14 @@ export class EpochEncoder {
     const { zstdLevel, lzLevel } = this.#params;
     const raw = this.#ops.view();
     stats.rawBytes += raw.length + this.#lz.pos;
-    let ops = this.zstd.compress(raw, { level: zstdLevel, checksum: false });
-    let opsCodec = 1;
+    const lzma = this.#lzma;
+    let ops = lzma
+      ? lzma.compress(raw, { preset: this.#params.lzmaOpsPreset })
+      : this.zstd.compress(raw, { level: zstdLevel, checksum: false });
+    let opsCodec: number = lzma ? SectionCodec.LZMA2 : SectionCodec.ZSTD;
     if (ops.length >= raw.length) {
       ops = raw.slice();
-      opsCodec = 0;
+      opsCodec = SectionCodec.RAW;
     }
     const work = this.#work[slot];
     const body: PatchBody = {
@@ -577,12 +600,20 @@ export class EpochEncoder {
     };
     if (this.#lz.pos > 0) {
       const prefix = this.#lzPrefix.view();
-      body.lz = this.zstd.compress(this.#lz.view(), {
-        level: lzLevel,
-        prefix,
-        checksum: false,
-        // The zstd module widens the window to cover prefix + section itself.
-      });
+      if (lzma) {
+        body.lz = lzma.compress(this.#lz.view(), {
+          ...this.#lzmaOptions,
+          dictionary: prefix,
+        });
+        body.lzCodec = SectionCodec.LZMA2;
+      } else {
+        body.lz = this.zstd.compress(this.#lz.view(), {
+          level: lzLevel,
+          prefix,
+          checksum: false,
+          // The zstd module widens the window to cover prefix + section itself.
+        });
+      }
       body.lzSize = this.#lz.pos;
     }
     frames.push(

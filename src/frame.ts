@@ -25,7 +25,12 @@ import { type Level, levelCode, levelFromCode } from "./level.ts";
 /** Frame magic: the first element of every frame. */
 export const FRAME_MAGIC = "PWR";
 /** Wire format version this build writes and accepts. */
-export const FRAME_VERSION = 3;
+export const FRAME_VERSION = 4;
+
+/** How a patch's op stream or LZ section is compressed. */
+export const SectionCodec = { RAW: 0, ZSTD: 1, LZMA2: 2 } as const;
+/** A section codec number. */
+export type SectionCodec = typeof SectionCodec[keyof typeof SectionCodec];
 
 /** Frame types. */
 export const FrameType = { PATCH: 1, COMMIT: 2 } as const;
@@ -46,10 +51,15 @@ export interface PatchBody {
   ops: Uint8Array;
   /** Uncompressed size of the op stream. */
   opsSize: number;
-  /** 0 raw, 1 zstd. */
+  /** {@linkcode SectionCodec}: 0 raw, 1 zstd, 2 raw LZMA2. */
   opsCodec: number;
-  /** LZ section (max level): the LZ pages, zstd-compressed with their reference pages as prefix. */
+  /**
+   * LZ section: the LZ pages, compressed with their reference pages as the
+   * zstd prefix or the LZMA2 preset dictionary (per `lzCodec`).
+   */
   lz?: Uint8Array;
+  /** Codec of the LZ section: 1 zstd (also when absent), 2 raw LZMA2. */
+  lzCodec?: number;
   /** Uncompressed size of the LZ section (4096 × LZ pages). */
   lzSize?: number;
 }
@@ -220,12 +230,23 @@ export function decodeFrame(bytes: Uint8Array): Frame {
     need(
       isUint(b.base) && isUint(b.slot) && isUint(b.chunk) && isUint(b.pages) &&
         isUint(b.opsSize) &&
-        (b.opsCodec === 0 || b.opsCodec === 1) && b.ops instanceof Uint8Array,
-      "patch body must have base, slot, chunk, pages, ops, opsSize and opsCodec 0|1",
+        (b.opsCodec === SectionCodec.RAW || b.opsCodec === SectionCodec.ZSTD ||
+          b.opsCodec === SectionCodec.LZMA2) &&
+        b.ops instanceof Uint8Array,
+      `patch body must have base, slot, chunk, pages, ops, opsSize and opsCodec 0 (raw), 1 (zstd) or 2 (LZMA2); opsCodec is ${
+        show(b.opsCodec)
+      }`,
     );
     need(
       b.lz === undefined || (b.lz instanceof Uint8Array && isUint(b.lzSize)),
       "patch body lz section needs binary lz and integer lzSize",
+    );
+    need(
+      b.lzCodec === undefined || b.lzCodec === SectionCodec.ZSTD ||
+        b.lzCodec === SectionCodec.LZMA2,
+      `patch body lzCodec is ${
+        show(b.lzCodec)
+      }, expected 1 (zstd) or 2 (LZMA2)`,
     );
     return { type, level, epoch, imageId, body: b };
   }

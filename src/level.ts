@@ -13,6 +13,17 @@ export const LEVELS: readonly Level[] = ["fast", "max"];
 
 /** Tunables behind each level. */
 export interface LevelParams {
+  /**
+   * Compressor of the op stream and the LZ section: `zstd` (levels below),
+   * or raw `lzma2` (liblzma, at the presets below) whose
+   * context-modelled coding of literals and repeated distances is what pays
+   * on pages whose words moved or changed in place.
+   */
+  sectionCodec: "zstd" | "lzma2";
+  /** xz preset of an LZMA2 LZ section (0..9; 0-3 hash chains, 4+ binary trees). */
+  lzmaLzPreset: number;
+  /** xz preset of an LZMA2 op stream (small beside the LZ section: a slower preset costs little). */
+  lzmaOpsPreset: number;
   /** zstd level for the op stream. */
   zstdLevel: number;
   /** zstd level for the LZ section (pages compressed with their references as prefix). */
@@ -51,6 +62,9 @@ export interface LevelParams {
 export function levelParams(level: Level): LevelParams {
   return level === "fast"
     ? {
+      sectionCodec: "zstd",
+      lzmaLzPreset: 1,
+      lzmaOpsPreset: 6,
       // zstd's default level on the op stream: -10% bytes on redis for no
       // measurable time (the op stream is small beside the dirty data).
       zstdLevel: 3,
@@ -67,6 +81,17 @@ export function levelParams(level: Level): LevelParams {
       similarThreshold: 128,
     }
     : {
+      // LZMA2 over zstd -9, measured on the first 4 pairs of every real
+      // series (bench/README.md): the LZ section at preset 1 (hash chains)
+      // with a literal coder for 4-byte words, the op stream at preset 6.
+      // Wire bytes ÷ xdelta3 went node-tsc 1.32 -> 0.98, jvm 0.92 -> 0.74,
+      // python-web 0.92 -> 0.87, mariadb 0.26 -> 0.23, postgres
+      // 0.24 -> 0.22, memcached 2.67 -> 2.59, redis 0.47 -> 0.46; encode
+      // time +0-80%. Preset 6 for the LZ section too: another -5% on
+      // node-tsc at 4× its time. Only decoders of such frames need liblzma.
+      sectionCodec: "lzma2",
+      lzmaLzPreset: 1,
+      lzmaOpsPreset: 6,
       zstdLevel: 9,
       lzLevel: 9,
       lzThreshold: 48,

@@ -59,6 +59,10 @@ import {
   ProtocolError,
 } from "../src/protocol.ts";
 import { createZstd, type Zstd } from "../src/compress/zstd.ts";
+import { createLzma, type Lzma } from "../src/compress/lzma.ts";
+
+/** LZMA2 for reading max frames' op streams, opened on first use. */
+let fuzzLzma: Lzma | undefined;
 import { digestOf } from "../src/base_sync.ts";
 import { bindLength } from "../src/digest.ts";
 import { Backup } from "../src/backup.ts";
@@ -417,6 +421,7 @@ const KEYS = [
   "opsCodec",
   "lz",
   "lzSize",
+  "lzCodec",
   "size",
   "id",
   "digestLo",
@@ -754,6 +759,7 @@ function mutateFrameBody(
         "ops",
         "lz",
         "lzSize",
+        "lzCodec",
       ] as const,
     );
     const v = body[field];
@@ -764,8 +770,8 @@ function mutateFrameBody(
         new Uint8Array(0),
         undefined,
       ]
-      : field === "opsCodec"
-      ? [0, 1, 2, undefined]
+      : field === "opsCodec" || field === "lzCodec"
+      ? [0, 1, 2, 3, undefined]
       : field === "opsSize" || field === "lzSize"
       ? [...sizes, (Number(v) || 0) + 1, (Number(v) || 0) - 1]
       : [0, 1, 2, (Number(v) || 0) + 1, (Number(v) || 0) - 1, 2 ** 32];
@@ -1082,9 +1088,11 @@ function mutatePatchOps(
   }
   const { outer, body } = parts;
   let ops = body.ops as Uint8Array;
-  if (body.opsCodec === 1) {
+  if (body.opsCodec === 1 || body.opsCodec === 2) {
     try {
-      ops = zstd.decompress(ops, body.opsSize as number);
+      ops = body.opsCodec === 1
+        ? zstd.decompress(ops, body.opsSize as number)
+        : (fuzzLzma ??= createLzma()).decompress(ops, body.opsSize as number);
     } catch {
       ops = new Uint8Array(0);
     }
@@ -2174,8 +2182,12 @@ function frameContract(f: ReturnType<typeof decodeFrame>): string | null {
     const b = f.body;
     if (
       ![b.base, b.slot, b.chunk, b.pages, b.opsSize].every(uint) ||
-      !(b.ops instanceof Uint8Array) || (b.opsCodec !== 0 && b.opsCodec !== 1)
+      !(b.ops instanceof Uint8Array) ||
+      (b.opsCodec !== 0 && b.opsCodec !== 1 && b.opsCodec !== 2)
     ) return "patch body fields of the wrong type";
+    if (b.lzCodec !== undefined && b.lzCodec !== 1 && b.lzCodec !== 2) {
+      return `patch lzCodec ${b.lzCodec}`;
+    }
     if (b.lz !== undefined && !(b.lz instanceof Uint8Array && uint(b.lzSize))) {
       return "patch lz section of the wrong type";
     }
