@@ -187,7 +187,7 @@ class FfiLzma implements Lzma {
   #lib = loadLibrary();
   // Option and filter structs live in buffers larger than V8's on-heap
   // typed-array limit, so their addresses stay put while liblzma reads them.
-  #options = new Uint8Array(256);
+  #options = new Uint8Array(Math.max(256, OPT_BYTES));
   #optionsView = new DataView(this.#options.buffer);
   #filters = new BigUint64Array(32);
   #pos = new BigUint64Array(32);
