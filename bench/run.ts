@@ -30,13 +30,16 @@ import {
 } from "./compare.ts";
 import { measureMemory, type MemoryResult, memoryTable } from "./memory.ts";
 
-const USAGE = `usage: deno task bench [--series DIR]... [--limit N] [--no-scan]
+const USAGE =
+  `usage: deno task bench [--series DIR]... [--limit N] [--slow-pairs N] [--no-scan]
 
 Runs the series comparison over every series directory given with --series
 (default: every series under /work/data/series, see bench/README.md for how
 they were recorded), at most N epochs each (default 12; 0 = all), then the
 throughput, scan and memory measurements (the memory one over a synthetic
-image when there is no series). Prints Markdown.`;
+image when there is no series). zstd -19 --long --patch-from, about a minute
+and a half per pair of these images, runs over the first --slow-pairs pairs
+only (default 1; 0 = none). Prints Markdown.`;
 
 const DEFAULT_ROOT = "/work/data/series";
 
@@ -108,7 +111,10 @@ function scanBench(): string {
 }
 
 await runMain(USAGE, async () => {
-  const args = parseArgs(Deno.args, ["series", "limit"], ["no-scan", "help"]);
+  const args = parseArgs(Deno.args, ["series", "limit", "slow-pairs"], [
+    "no-scan",
+    "help",
+  ]);
   if (args.options.has("help")) {
     console.log(USAGE);
     return;
@@ -119,6 +125,10 @@ await runMain(USAGE, async () => {
     0,
   );
   const limit = limitArg === 0 ? undefined : limitArg;
+  const slowPairs = intOption(
+    args.options.get("slow-pairs")?.at(-1) ?? "1",
+    "slow-pairs",
+  );
   const dirs = args.options.get("series") ?? await findSeries(DEFAULT_ROOT);
   for (const dir of dirs) {
     if (!await isSeriesDir(dir)) {
@@ -140,7 +150,12 @@ await runMain(USAGE, async () => {
   }
   if (dirs.length > 0) console.log(COMPARISON_LEGEND + "\n");
   for (const dir of dirs) {
-    const c = await compareSeries(dir, limit, (line) => console.error(line));
+    const c = await compareSeries(
+      dir,
+      limit,
+      (line) => console.error(line),
+      slowPairs,
+    );
     comparisons.push(c);
     console.log(comparisonTable(c) + "\n");
   }
