@@ -85,10 +85,10 @@ export function levelParams(level: Level): LevelParams {
       // series (bench/README.md): the LZ section at preset 1 (hash chains)
       // with a literal coder for 4-byte words, the op stream at preset 6.
       // Wire bytes ÷ xdelta3 went node-tsc 1.32 -> 0.98, jvm 0.92 -> 0.74,
-      // python-web 0.92 -> 0.87, mariadb 0.26 -> 0.23, postgres
-      // 0.24 -> 0.22, memcached 2.67 -> 2.59, redis 0.47 -> 0.46; encode
-      // time +0-80%. Preset 6 for the LZ section too: another -5% on
-      // node-tsc at 4× its time. Only decoders of such frames need liblzma.
+      // python-web 0.92 -> 0.83, redis 0.47 -> 0.41, mariadb 0.26 -> 0.22,
+      // postgres 0.24 -> 0.21, memcached 2.67 -> 2.61; encode time +0-95%.
+      // Preset 6 for the LZ section too: another -5% on node-tsc at 4× its
+      // time. Only decoders of such frames need liblzma.
       sectionCodec: "lzma2",
       lzmaLzPreset: 1,
       lzmaOpsPreset: 6,
