@@ -195,6 +195,37 @@ Deno.test("content shifted inside pages by a few bytes: LZ against the old page,
   pairs.forEach((p) => p.close());
 });
 
+Deno.test("max: LZ pages with a reference go LZMA2 (reference pages as preset dictionary), new content goes zstd", () => {
+  const rng = new Rng(19);
+  const p = new Pair([32 * PAGE], "max");
+  const lzCodecs = (frames: Uint8Array[]) =>
+    frames.map((f) => decodeFrame(f)).filter((f) =>
+      f.type === FrameType.PATCH && f.body.lz !== undefined
+    ).map((f) => f.type === FrameType.PATCH ? f.body.lzCodec ?? 1 : 0);
+  // Text-like pages, so that LZ is the best encoding of both epochs.
+  const text = "the quick brown fox jumps over the lazy dog ";
+  for (let i = 0; i < p.images[0].length; i++) {
+    p.images[0][i] = text.charCodeAt((i * 7 + rng.int(3)) % text.length);
+  }
+  // First checkpoint: every page is new content against the all-zero start.
+  let { frames } = p.encoder.encode(p.images);
+  p.decoder.applyEpoch(frames);
+  assertEquals(lzCodecs(frames), [1], "new content: zstd");
+  // Every page's tail moves by a few bytes: LZ against the old page.
+  for (let page = 0; page < 32; page++) {
+    const from = page * PAGE + 1000 + rng.int(1000);
+    p.images[0].copyWithin(from, from + 1 + rng.int(8), (page + 1) * PAGE);
+  }
+  ({ frames } = p.encoder.encode(p.images));
+  p.decoder.applyEpoch(frames);
+  assertEquals(lzCodecs(frames), [2], "content with references: LZMA2");
+  assert(
+    bytesEqual(p.decoder.images[0].committed, p.images[0]),
+    "the receiver holds the image",
+  );
+  p.close();
+});
+
 Deno.test("cross-image sharing: a page another image already holds costs a reference", () => {
   const rng = new Rng(17);
   const shared = new Pair([64 * PAGE, 64 * PAGE], "fast");
