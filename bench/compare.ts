@@ -11,7 +11,30 @@
  */
 
 import { createZstd } from "../src/compress/zstd.ts";
-import { type ReplayResult, replaySeries } from "../src/replay.ts";
+import {
+  LinkModel,
+  type ReplayResult,
+  type ReplayRow,
+  replaySeries,
+} from "../src/replay.ts";
+
+/** Links the time-to-commit table models, Mbit/s: a LAN, a WAN link, a thin one. */
+export const LINK_RATES_MBPS = [1000, 10, 1];
+
+/** Modelled ms from due to commit, summed over a fixed level's pairs ({@linkcode LinkModel}). */
+function modelledCommitMs(
+  rows: ReplayRow[],
+  intervalMs: number,
+  linkMbps: number,
+): number {
+  const link = new LinkModel(intervalMs, linkMbps);
+  let total = 0;
+  for (const r of rows) {
+    const s = link.send(r.epoch, r.encodeMs, r.wireBytes);
+    total += s.committedAt - s.due;
+  }
+  return total;
+}
 import { openSeries } from "../src/series.ts";
 
 /** How a method's time was taken (spelled out in {@linkcode COMPARISON_LEGEND}). */
@@ -63,6 +86,16 @@ export interface SeriesComparison {
     encodeMs: number;
     xdeltaBytes: number;
   };
+  /** Per modelled link: ms from due to commit per epoch at fast, max and auto, and auto's choices. */
+  commit: {
+    linkMbps: number;
+    fastMs: number;
+    maxMs: number;
+    autoMs: number;
+    autoWireBytes: number;
+    autoLevels: { fast: number; max: number };
+  }[];
+  intervalMs: number;
 }
 
 async function timeCommand(cmd: string, args: string[]): Promise<number> {
@@ -200,6 +233,8 @@ export async function compareSeries(
     dirtyPageBytes: 0,
     methods: [],
     replays: [],
+    commit: [],
+    intervalMs: series.meta.intervalMs,
   };
   for (const level of ["fast", "max"] as const) {
     log(`  ${series.meta.name}: patchwire ${level} ...`);
@@ -213,6 +248,31 @@ export async function compareSeries(
       timing: "in-process",
       pairs: r.pairs,
       verified: r.verified,
+    });
+  }
+  const [fastRun, maxRun] = result.replays;
+  for (const linkMbps of LINK_RATES_MBPS) {
+    log(`  ${series.meta.name}: patchwire auto over ${linkMbps} Mbit/s ...`);
+    const a = await replaySeries(dir, {
+      level: "auto",
+      limit: pairs,
+      linkMbps,
+    });
+    if (!a.verified) {
+      throw new Error(`auto over ${linkMbps} Mbit/s: not verified`);
+    }
+    const per = (ms: number) => ms / Math.max(1, pairs);
+    result.commit.push({
+      linkMbps,
+      fastMs: per(
+        modelledCommitMs(fastRun.rows, series.meta.intervalMs, linkMbps),
+      ),
+      maxMs: per(
+        modelledCommitMs(maxRun.rows, series.meta.intervalMs, linkMbps),
+      ),
+      autoMs: per(a.commitMs),
+      autoWireBytes: a.wireBytes,
+      autoLevels: a.levels,
     });
   }
   const tmp = await Deno.makeTempDir({ prefix: "patchwire-bench-" });
@@ -418,6 +478,27 @@ export function comparisonTable(c: SeriesComparison): string {
       )
     }`,
   );
+  if (c.commit.length > 0) {
+    lines.push(
+      "",
+      `time to commit per epoch, modelled (epochs due every ${c.intervalMs} ms as recorded, each encoded after the previous, its bytes sent after the previous epoch's at the link's rate; ms from due to through, queueing included, round trip and apply left out; auto chose each epoch's level from what it measured):`,
+      "",
+      "| link | fast ms | max ms | auto ms | auto: epochs fast / max | auto wire ÷ xdelta3 | best fixed level |",
+      "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    );
+    for (const k of c.commit) {
+      const best = k.fastMs <= k.maxMs ? "fast" : "max";
+      lines.push(
+        `| ${k.linkMbps} Mbit/s | ${k.fastMs.toFixed(1)} | ${
+          k.maxMs.toFixed(1)
+        } | ${
+          k.autoMs.toFixed(1)
+        } | ${k.autoLevels.fast} / ${k.autoLevels.max} | ${
+          (k.autoWireBytes / x.wireBytes).toFixed(3)
+        } | ${best} |`,
+      );
+    }
+  }
   if (c.slow) {
     const s = c.slow;
     lines.push(

@@ -121,7 +121,9 @@ interface SlotWork {
  * ```
  */
 export class EpochEncoder {
-  readonly level: Level;
+  #level: Level;
+  /** Tunables given at construction, kept over every level set later. */
+  #tuning: Partial<LevelParams>;
   readonly hasher: BlockHasher;
   readonly images: ImageState[];
   readonly index: ContentIndex;
@@ -163,7 +165,8 @@ export class EpochEncoder {
       if (ids.has(s.id)) throw new RangeError(`duplicate image id "${s.id}"`);
       ids.add(s.id);
     }
-    this.level = options.level ?? "fast";
+    this.#level = options.level ?? "fast";
+    this.#tuning = options.tuning ?? {};
     const blockSize = options.blockSize ?? 64;
     // Capture buffers, hashes and dirty bits live in the hasher's arena so
     // the scan reads them in place (about 30% faster than copying through).
@@ -217,19 +220,9 @@ export class EpochEncoder {
       },
     );
     this.index.rebuild();
-    const params = { ...levelParams(this.level), ...options.tuning };
+    const params = { ...levelParams(this.level), ...this.#tuning };
     this.#params = params;
-    if (params.sectionCodec === "lzma2") {
-      this.#lzma = createLzma();
-      // The LZ section is memory pages, i.e. words: literals predicted from their place in a 4-byte
-      // word (lp 2, pb 2), not from the byte before them (lc 0).
-      this.#lzmaOptions = {
-        preset: params.lzmaLzPreset,
-        literalContextBits: 0,
-        literalPositionBits: 2,
-        positionBits: 2,
-      };
-    }
+    this.#openLzma();
     if (params.anchors) {
       this.#anchors = new AnchorIndex(
         this.images.reduce((n, i) => n + i.pages, 0),
@@ -249,6 +242,39 @@ export class EpochEncoder {
       chunks: 0,
     }));
     this.#oldHashes = new Uint32Array(2 * (PAGE_SIZE / this.hasher.blockSize));
+  }
+
+  /** The operating point of the next epoch (frames carry it). */
+  get level(): Level {
+    return this.#level;
+  }
+
+  /**
+   * Encodes the next epochs at `level` (`--level auto` sets it per epoch).
+   * The content index keeps the sampling of the level the encoder was made
+   * with: make it at `max` to index every block for both.
+   */
+  setLevel(level: Level): void {
+    if (level === this.#level) return;
+    this.#level = level;
+    this.#params = { ...levelParams(level), ...this.#tuning };
+    this.#pages.params = this.#params;
+    this.#pages.zstd = this.#params.lzThreshold === Infinity ? null : this.zstd;
+    this.#openLzma();
+  }
+
+  #openLzma(): void {
+    const params = this.#params;
+    if (params.sectionCodec !== "lzma2") return;
+    this.#lzma ??= createLzma();
+    // The LZ section is memory pages, i.e. words: literals predicted from
+    // their place in a 4-byte word (lp 2, pb 2), not the byte before (lc 0).
+    this.#lzmaOptions = {
+      preset: params.lzmaLzPreset,
+      literalContextBits: 0,
+      literalPositionBits: 2,
+      positionBits: 2,
+    };
   }
 
   /** The last epoch encoded (0 before the first: every image starts all zero). */
@@ -602,7 +628,7 @@ export class EpochEncoder {
     const { zstdLevel, lzLevel } = this.#params;
     const raw = this.#ops.view();
     stats.rawBytes += raw.length + this.#lz.pos;
-    const lzma = this.#lzma;
+    const lzma = this.#params.sectionCodec === "lzma2" ? this.#lzma : null;
     let ops = lzma
       ? lzma.compress(raw, { preset: this.#params.lzmaOpsPreset })
       : this.zstd.compress(raw, { level: zstdLevel, checksum: false });

@@ -116,6 +116,17 @@ export function parseLevel(text: string): Level {
   );
 }
 
+/** Parses `--level`: a level, or `auto` (chosen per epoch; see `auto_level.ts`). */
+export function parseLevelChoice(text: string): Level | "auto" {
+  if (text === "auto") return "auto";
+  if (text === "fast" || text === "max") return text;
+  throw new RangeError(
+    `unknown codec level "${text}", expected one of: ${
+      LEVELS.join(", ")
+    }, auto`,
+  );
+}
+
 /** Level → 2-bit frame flag. */
 export function levelCode(level: Level): number {
   return level === "fast" ? 0 : 1;

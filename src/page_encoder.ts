@@ -89,8 +89,8 @@ export class PageEncoder {
   constructor(
     readonly images: ImageState[],
     readonly index: ContentIndex,
-    readonly params: LevelParams,
-    readonly zstd: Zstd | null,
+    public params: LevelParams,
+    public zstd: Zstd | null,
     readonly zeroHash: { lo: number; hi: number },
     readonly anchors: AnchorIndex | null = null,
   ) {

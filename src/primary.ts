@@ -8,6 +8,7 @@
 
 import { PeerAuth } from "./peer_auth.ts";
 import { EpochEncoder } from "./encoder.ts";
+import { AutoLevel } from "./auto_level.ts";
 import type { Level } from "./level.ts";
 import type { Source } from "./source.ts";
 import {
@@ -32,8 +33,11 @@ export interface PrimaryOptions {
   to: string[];
   /** Default: all peers, at applied. */
   ack?: AckPolicy;
-  /** Codec level. Default fast. */
-  level?: Level;
+  /**
+   * Codec level, or `auto`: per epoch the level expected to commit soonest
+   * from what recent epochs measured (see `auto_level.ts`). Default fast.
+   */
+  level?: Level | "auto";
   /** Checkpoint every this many ms; null: only on demand. Default 1000. */
   intervalMs?: number | null;
   /** Token and certificates: what peers must present, and what this role presents. Default: none. */
@@ -67,6 +71,8 @@ export interface CheckpointResult {
   /** Source pause (capture) time, ms. */
   pauseMs: number;
   encodeMs: number;
+  /** The codec level the epoch was encoded at (with `auto`, chosen for it). */
+  level: Level;
   /**
    * Due to capture start, ms: how long the checkpoint waited for the previous
    * one's capture and encode and for room in the in-flight window
@@ -89,6 +95,8 @@ interface InFlight {
   epoch: number;
   /** When the checkpoint was due (performance.now()). */
   due: number;
+  /** When its frames were ready to send (performance.now()). */
+  encoded: number;
   result: CheckpointResult;
   resolve: (r: CheckpointResult) => void;
   reject: (e: Error) => void;
@@ -108,6 +116,8 @@ export class Primary implements LinkOwner {
   readonly role = "primary";
   readonly retained: RetainedLog;
   readonly encoder: EpochEncoder;
+  /** With `--level auto`: the chooser of each epoch's level; else null. */
+  readonly auto: AutoLevel | null;
   readonly zstd: Zstd;
   readonly auth: PeerAuth;
   readonly blockSize: number;
@@ -155,9 +165,12 @@ export class Primary implements LinkOwner {
         `no downstream peers: --to is needed unless --ack none`,
       );
     }
+    const level = options.level ?? "fast";
+    // auto: the encoder indexes every block (as max does), for both levels.
     this.encoder = new EpochEncoder(source.images, {
-      level: options.level ?? "fast",
+      level: level === "auto" ? "max" : level,
     });
+    this.auto = level === "auto" ? new AutoLevel() : null;
     this.zstd = this.encoder.zstd;
     this.auth = options.auth ?? PeerAuth.none();
     this.blockSize = this.encoder.hasher.blockSize;
@@ -265,6 +278,8 @@ export class Primary implements LinkOwner {
       this.encoder.captureBuffers,
       this.encoder.epoch + 1,
     );
+    if (this.auto) this.encoder.setLevel(this.auto.next());
+    const level = this.encoder.level;
     const { epoch, frames, stats } = this.encoder.encode(
       this.encoder.captureBuffers,
       dirtyPages,
@@ -272,6 +287,7 @@ export class Primary implements LinkOwner {
     );
     faultPoint("primary.encoded");
     const bytes = frames.reduce((n, f) => n + f.length, 0);
+    this.auto?.encoded(level, stats.dirtyPages * 4096, stats.totalMs, bytes);
     this.retained.append({ epoch, frames, bytes, images: this.#digests() });
     this.pauses.add(pauseMs);
     this.bytesBefore += stats.dirtyPages * 4096;
@@ -285,6 +301,7 @@ export class Primary implements LinkOwner {
     const entry: InFlight = {
       epoch,
       due,
+      encoded: performance.now(),
       resolve,
       reject,
       promise,
@@ -295,6 +312,7 @@ export class Primary implements LinkOwner {
         wireBytes: bytes,
         pauseMs,
         encodeMs: stats.totalMs,
+        level,
         captureWaitMs,
         commitMs: 0,
       },
@@ -388,6 +406,7 @@ export class Primary implements LinkOwner {
     while (this.#inFlight.length && this.#inFlight[0].epoch <= c) {
       const f = this.#inFlight.shift()!;
       f.result.commitMs = now - f.due;
+      this.auto?.committed(f.result.wireBytes, f.encoded, now);
       this.commitLatencies.add(f.result.commitMs);
       this.#recent.push({
         epoch: f.epoch,
@@ -441,7 +460,8 @@ export class Primary implements LinkOwner {
         : {}),
       ...(this.#fenced ? { fencedBecause: this.#fenced } : {}),
       source: this.source.name,
-      level: this.encoder.level,
+      level: this.auto ? "auto" : this.encoder.level,
+      ...(this.auto ? { auto: this.auto.estimates } : {}),
       policy: formatAckPolicy(this.policy),
       epoch: this.encoder.epoch,
       committedEpoch: this.committed,

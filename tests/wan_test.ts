@@ -646,3 +646,59 @@ Deno.test({
     });
   },
 });
+
+/**
+ * A primary at `--level auto` sending to one backup over `link`: returns how
+ * many of the epochs between the 20th and the 40th committed it encoded at
+ * each level (the first ones measure both levels and the link).
+ */
+async function autoChoices(
+  link: Omit<LinkSpec, "a" | "b">,
+): Promise<{ fast: number; max: number }> {
+  let counts = { fast: 0, max: 0 };
+  await withCluster([{ a: "primary", b: "backup", ...link }], async (c) => {
+    c.backup("backup");
+    // Each epoch rewrites about a tenth of a 4 MiB image: fast sends about
+    // 9 KB and max a fifth less for twice the encode time (6 against 13 ms).
+    // At 500 kbit/s that fifth is 27 ms; on the LAN it is nothing.
+    c.primary("primary", "backup", "images=1,size=4M,seed=1,dirty=0.1", [
+      "--interval",
+      "50",
+      "--level",
+      "auto",
+    ]);
+    await c.ready();
+    const at = async (epoch: number) => {
+      let s: { auto: { epochs: { fast: number; max: number } } } | null = null;
+      await until(`${epoch} committed epochs`, async () => {
+        const st = await c.status("primary");
+        s = st;
+        return st.committedEpoch >= epoch || `committed ${st.committedEpoch}`;
+      });
+      assertEquals(s!.auto !== undefined, true, "/status says what auto chose");
+      return s!.auto.epochs;
+    };
+    const from = await at(20);
+    const to = await at(40);
+    counts = { fast: to.fast - from.fast, max: to.max - from.max };
+  });
+  return counts;
+}
+
+Deno.test({
+  name:
+    "wan: --level auto encodes at max over a 500 kbit/s link and at fast on the LAN",
+  ...WAN,
+  fn: async () => {
+    const slow = await autoChoices({ rateKbit: 500 });
+    assert(
+      slow.max > 2 * slow.fast,
+      `over 500 kbit/s: ${slow.max} epochs at max, ${slow.fast} at fast`,
+    );
+    const lan = await autoChoices({});
+    assert(
+      lan.fast > 2 * lan.max,
+      `on the LAN: ${lan.fast} epochs at fast, ${lan.max} at max`,
+    );
+  },
+});

@@ -42,7 +42,7 @@ import {
   type PromoteOptions,
   type PromoteResume,
 } from "../src/backup.ts";
-import { parseLevel } from "../src/level.ts";
+import { parseLevelChoice } from "../src/level.ts";
 import {
   formatAckPolicy,
   parseAckLevel,
@@ -89,7 +89,7 @@ and use deno task resume.
                      former primary rejoins, or a backup joins a running
                      cluster
   --to URL[,URL...]  peers for --promote
-  --ack, --ack-level, --interval MS|manual, --level fast|max: as for the primary
+  --ack, --ack-level, --interval MS|manual, --level fast|max|auto: as for the primary
 ${DOWNSTREAM_HELP}
 ${CLUSTER_HELP}
                     A backup follows the cluster's term: it refuses a primary of
@@ -146,7 +146,7 @@ function promoteOptions(
       ? interval
       : fallback.intervalMs,
     level: typeof body.level === "string"
-      ? parseLevel(body.level)
+      ? parseLevelChoice(body.level)
       : fallback.level,
     ...(resume ? { resume } : {}),
   };
@@ -236,7 +236,7 @@ export async function runBackup(argv: string[]): Promise<void> {
     intervalMs: intervalText === "manual"
       ? null
       : intOption(intervalText, "interval", 1),
-    level: parseLevel(last(args, "level") ?? "fast"),
+    level: parseLevelChoice(last(args, "level") ?? "fast"),
     auth,
     link,
   };

@@ -8,7 +8,7 @@
  */
 
 import { formatBytes, intOption, parseArgs, runMain } from "../src/_cli.ts";
-import { parseLevel } from "../src/level.ts";
+import { parseLevelChoice } from "../src/level.ts";
 import { bytesEqual } from "../src/replay.ts";
 import { openSource } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
@@ -18,7 +18,7 @@ import { AckLevel } from "../src/protocol.ts";
 import { makeDevCerts } from "../src/_dev_certs.ts";
 
 const USAGE =
-  `usage: deno task demo [--epochs N] [--level fast|max] [--synthetic SPEC] [--interval MS]
+  `usage: deno task demo [--epochs N] [--level fast|max|auto] [--synthetic SPEC] [--interval MS]
 
 Starts on loopback, in one process with real sockets: a primary replicating a
 synthetic workload (default: 3 images of 16 MiB, 2% of pages touched per
@@ -50,7 +50,7 @@ await runMain(USAGE, async () => {
     args.options.get("interval")?.at(-1) ?? "0",
     "interval",
   );
-  const level = parseLevel(args.options.get("level")?.at(-1) ?? "fast");
+  const level = parseLevelChoice(args.options.get("level")?.at(-1) ?? "fast");
   const spec = args.options.get("synthetic")?.at(-1) ??
     "images=3,size=16M,seed=1,dirty=0.02";
   const quiet = () => {};

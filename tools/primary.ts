@@ -30,7 +30,7 @@ import {
 } from "../src/_role_cli.ts";
 import { runBackup } from "./backup.ts";
 import { BackupStore } from "../src/backup_store.ts";
-import { parseLevel } from "../src/level.ts";
+import { parseLevelChoice } from "../src/level.ts";
 import { openSources } from "../src/open_source.ts";
 import { Primary } from "../src/primary.ts";
 import { formatAckPolicy } from "../src/ack_policy.ts";
@@ -73,7 +73,11 @@ SOURCE (several --source make several images, one epoch across all):
         synthetic:SPEC (e.g. synthetic:images=3,size=16M,seed=1,dirty=0.02)
 URL:    tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/PATH, wss://…
 
-  --level fast|max  codec operating point (default fast)
+  --level fast|max|auto
+                    codec operating point (default fast); auto: per epoch the
+                    level expected to commit soonest, from the encode time and
+                    wire bytes of recent epochs at each level and the measured
+                    time from encoded to committed per wire byte (/status: auto)
   --log-bytes N     retained log bound, bytes (default 268435456)
   --max-in-flight N epochs encoded and not yet committed before the next
                     capture waits (default 16; raise it on long, lossy links
@@ -132,7 +136,7 @@ await runMain(USAGE, async () => {
   const intervalMs = intervalText === "manual"
     ? null
     : intOption(intervalText, "interval", 1);
-  const level = parseLevel(last(args, "level") ?? "fast");
+  const level = parseLevelChoice(last(args, "level") ?? "fast");
   const epochs = last(args, "epochs")
     ? intOption(last(args, "epochs")!, "epochs", 1)
     : Infinity;
