@@ -116,6 +116,24 @@ async function timeCommand(cmd: string, args: string[]): Promise<number> {
   return ms;
 }
 
+/** Times `zstd LEVEL... --patch-from=PREV CUR -o OUT` as a whole process. */
+function zstdPatchFrom(
+  level: string[],
+  prev: string,
+  cur: string,
+  out: string,
+): Promise<number> {
+  return timeCommand("zstd", [
+    ...level,
+    "-q",
+    "-f",
+    `--patch-from=${prev}`,
+    cur,
+    "-o",
+    out,
+  ]);
+}
+
 const REPLAY = new URL("../tools/replay.ts", import.meta.url).pathname;
 
 /**
@@ -372,28 +390,16 @@ export async function compareSeries(
         log(
           `  ${series.meta.name}: zstd -19 --long --patch-from, pair ${k} ...`,
         );
-        slow.encodeMs += await timeCommand("zstd", [
-          "-19",
-          "--long=30",
-          "-q",
-          "-f",
-          `--patch-from=${prevPath}`,
+        slow.encodeMs += await zstdPatchFrom(
+          ["-19", "--long=30"],
+          prevPath,
           curPath,
-          "-o",
           zOut,
-        ]);
+        );
         slow.wireBytes += (await Deno.stat(zOut)).size;
         slow.xdeltaBytes += xBytes;
       }
-      zstdCli.encodeMs += await timeCommand("zstd", [
-        "-1",
-        "-q",
-        "-f",
-        `--patch-from=${prevPath}`,
-        curPath,
-        "-o",
-        zOut,
-      ]);
+      zstdCli.encodeMs += await zstdPatchFrom(["-1"], prevPath, curPath, zOut);
       zstdCli.wireBytes += (await Deno.stat(zOut)).size;
       await linkPair(k);
       for (const r of replayProcs) {

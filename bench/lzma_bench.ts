@@ -12,6 +12,7 @@
  */
 import { createLzma } from "../src/compress/lzma.ts";
 import { createZstd } from "../src/compress/zstd.ts";
+import { rng } from "./_rng.ts";
 
 const zstd = createZstd({ backend: "ffi" });
 const lzma = createLzma();
@@ -20,18 +21,6 @@ const WORDS = {
   literalPositionBits: 2,
   positionBits: 2,
 };
-
-/** xorshift32: reproducible runs. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>>= 0);
-  };
-}
 
 /**
  * Reference pages of heap-like words (small integers, pointers into one

@@ -8,22 +8,11 @@
  * @module
  */
 import { createZstd } from "../src/compress/zstd.ts";
+import { rng } from "./_rng.ts";
 
 const ffi = createZstd({ backend: "ffi" });
 const node = createZstd({ backend: "node" });
 const BACKENDS = [["ffi", ffi], ["node", node]] as const;
-
-/** xorshift32: reproducible runs. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>>= 0);
-  };
-}
 
 /** Memory-like: mostly zero pages with sparse random words and some repeated text. */
 function memoryLike(n: number, seed = 1): Uint8Array {

@@ -1,25 +1,11 @@
 // Copyright patchwire authors. MIT license.
 import assert from "node:assert/strict";
 import { createLzma } from "../src/compress/lzma.ts";
-
-/** Deterministic xorshift bytes so failures reproduce. */
-function randomBytes(n: number, seed = 0x2545f491): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+import { randomBytes } from "./_bytes.ts";
 
 Deno.test("lzma: a page compressed against its reference page costs a few bytes and decodes exactly", () => {
   const lzma = createLzma();
-  const reference = randomBytes(4096);
+  const reference = randomBytes(4096, 0x2545f491);
   const page = new Uint8Array(4096);
   // The reference's content moved by 3 bytes, with one byte changed.
   page.set(reference.subarray(0, 4093), 3);

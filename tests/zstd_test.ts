@@ -2,21 +2,7 @@
 import assert from "node:assert/strict";
 import { createZstd, type Zstd } from "../src/compress/zstd.ts";
 import { checkFrames } from "../src/compress/_zstd_node.ts";
-
-/** Deterministic xorshift bytes so failures reproduce. */
-function randomBytes(n: number, seed = 0x9e3779b9): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+import { randomBytes } from "./_bytes.ts";
 
 /** Memory-like: half random, half zeros, some text. */
 function memoryLike(n: number): Uint8Array {
