@@ -65,7 +65,6 @@ const MF_BT4 = 0x14;
 const DICT_MIN = 4096;
 
 const SYMBOLS = {
-  lzma_version_number: { parameters: [], result: "u32" },
   lzma_lzma_preset: { parameters: ["buffer", "u32"], result: "u8" },
   lzma_raw_buffer_encode: {
     parameters: [
@@ -192,9 +191,12 @@ class FfiLzma implements Lzma {
   #filters = new BigUint64Array(32);
   #pos = new BigUint64Array(32);
   #outPos = new BigUint64Array(32);
+  // Byte views of the same buffers, made once: what the FFI "buffer" type takes.
+  #filterBytes = new Uint8Array(this.#filters.buffer);
+  #posBytes = new Uint8Array(this.#pos.buffer);
+  #outPosBytes = new Uint8Array(this.#outPos.buffer);
   #out = new Uint8Array(1 << 16);
   #empty = new Uint8Array(256);
-  #presetLoaded = -1;
 
   constructor() {
     this.#filters[0] = FILTER_LZMA2;
@@ -218,7 +220,6 @@ class FfiLzma implements Lzma {
     if (this.#lib.symbols.lzma_lzma_preset(this.#options, preset) !== 0) {
       throw new RangeError(`liblzma does not know preset ${preset}`);
     }
-    this.#presetLoaded = preset;
     const v = this.#optionsView;
     v.setUint32(OPT_DICT_SIZE, dictSizeFor(dictSize), true);
     const hasDict = dictionary !== undefined && dictionary.length > 0;
@@ -266,12 +267,12 @@ class FfiLzma implements Lzma {
     if (this.#out.length < bound) this.#out = new Uint8Array(bound);
     this.#pos[0] = 0n;
     const ret = this.#lib.symbols.lzma_raw_buffer_encode(
-      new Uint8Array(this.#filters.buffer),
+      this.#filterBytes,
       null,
       src.length > 0 ? src : this.#empty,
       BigInt(src.length),
       this.#out,
-      new Uint8Array(this.#pos.buffer),
+      this.#posBytes,
       BigInt(this.#out.length),
     );
     if (ret !== LZMA_OK) {
@@ -297,19 +298,19 @@ class FfiLzma implements Lzma {
     dst: Uint8Array,
     dictionary?: Uint8Array,
   ): void {
-    this.#setOptions(dictionary, (dictionary?.length ?? 0) + dst.length, {
-      preset: this.#presetLoaded < 0 ? 6 : this.#presetLoaded,
-    });
+    // The decoder reads only the dictionary and its size from the options;
+    // the coder's settings are in the stream.
+    this.#setOptions(dictionary, (dictionary?.length ?? 0) + dst.length, {});
     this.#pos[0] = 0n;
     this.#outPos[0] = 0n;
     const ret = this.#lib.symbols.lzma_raw_buffer_decode(
-      new Uint8Array(this.#filters.buffer),
+      this.#filterBytes,
       null,
       src.length > 0 ? src : this.#empty,
-      new Uint8Array(this.#pos.buffer),
+      this.#posBytes,
       BigInt(src.length),
       dst.length > 0 ? dst : this.#empty,
-      new Uint8Array(this.#outPos.buffer),
+      this.#outPosBytes,
       BigInt(dst.length),
     );
     const inPos = Number(this.#pos[0]);
